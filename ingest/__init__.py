@@ -1,0 +1,1 @@
+"""The thin front door: authenticate, log, enqueue the raw delivery, answer."""

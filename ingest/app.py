@@ -1,0 +1,159 @@
+"""The ingest WSGI app: authenticate, enqueue the raw delivery, answer.
+
+Per request: look up the source, check method and size, authenticate over the
+raw bytes, then one Redis transaction (shared.jobs.enqueue_delivery), one log
+line, and the answer. No JSON parsing beyond a first-byte sanity check, no
+handler code, no outbound calls: everything else happens in the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from ingest import metrics
+from ingest.auth import authenticate, client_ip
+from shared import logging as hl_logging
+from shared.config import Config
+from shared.envelope import Delivery, utc_now_iso
+from shared.jobs import enqueue_delivery
+from shared.providers import PROVIDERS
+from shared.providers.base import VerificationError, sha256_hex
+from shared.redisconn import connect
+
+log = hl_logging.get_logger("hooklane.ingest")
+
+_JSON = "application/json"
+_WS = b" \t\r\n"
+
+
+def _answer(status: int, reason: str, **extra: Any) -> Response:
+    body = {"status": "accepted" if status < 300 else "refused", "reason": reason, **extra}
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype=_JSON)
+
+
+def create_app(
+    config: Config,
+    redis_client: redis.Redis | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    app = Flask("hooklane.ingest")
+    app.config["MAX_CONTENT_LENGTH"] = config.ingest.max_body_bytes
+    conn = redis_client if redis_client is not None else connect(config.redis.url, socket_timeout=2.0)
+    app.extensions["hooklane"] = {"config": config, "redis": conn}
+    retry_after = str(config.ingest.retry_after_seconds)
+
+    def webhook(source: str, path_token: str | None = None) -> Response:
+        started = time.perf_counter()
+        src = config.sources.get(source)
+        if src is None:
+            return _answer(404, "unknown source")
+        provider = PROVIDERS[src.provider]
+        g.source = src.name
+        allowed = src.methods or provider.methods
+        if request.method not in allowed:
+            resp = _answer(405, f"method {request.method} not accepted by source {src.name}")
+            resp.headers["Allow"] = ", ".join(allowed)
+            return resp
+        body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        ip = client_ip(request.remote_addr or "", headers.get("x-forwarded-for"), config.ingest.trusted_proxies)
+        token = path_token if path_token is not None else request.args.get("token")
+        delivery_id = headers.get(provider.delivery_id_header) if provider.delivery_id_header else None
+        hl_logging.clear()
+        hl_logging.bind(source=src.name, provider=provider.name)
+        try:
+            authenticate(src, provider, body=body, headers=headers, token=token, ip=ip, now=clock)
+        except VerificationError as exc:
+            metrics.VERIFICATION_FAILURES.labels(src.name, exc.reason).inc()
+            log.warning("delivery.refused", status=exc.status, reason=exc.reason, client_ip=ip,
+                        bytes=len(body), delivery_id=delivery_id)
+            return _answer(exc.status, exc.reason)
+        stripped = body.lstrip(_WS)
+        if not stripped or stripped[:1] != b"{":
+            reason = "empty body" if not stripped else "body must be a JSON object"
+            log.warning("delivery.refused", status=400, reason=reason, bytes=len(body), delivery_id=delivery_id)
+            return _answer(400, reason)
+
+        delivery = Delivery(
+            id=uuid.uuid4().hex,
+            source=src.name,
+            provider=provider.name,
+            received_at=utc_now_iso(),
+            body=body,
+            method=request.method,
+            path=f"/webhooks/{src.name}" + ("/***" if path_token is not None else ""),
+            query={k: v for k, v in request.args.items() if k != "token"},
+            headers={k: headers[k] for k in (*provider.forward_headers, "content-type", "user-agent")
+                     if k in headers},
+            remote_addr=request.remote_addr or "",
+            client_ip=ip,
+            delivery_id=delivery_id,
+        )
+        hl_logging.bind(request_id=delivery.id, delivery_id=delivery_id or f"sha256:{sha256_hex(body)[:16]}")
+        try:
+            enqueue_delivery(conn, delivery, config)
+        except redis.RedisError as exc:
+            log.error("delivery.unavailable", status=503, error=type(exc).__name__, bytes=len(body))
+            resp = _answer(503, "queue unavailable, retry later")
+            resp.headers["Retry-After"] = retry_after
+            return resp
+        latency_ms = (time.perf_counter() - started) * 1000
+        log.info("delivery.accepted", status=200, bytes=len(body), latency_ms=round(latency_ms, 3))
+        metrics.BODY_BYTES.labels(src.name).observe(len(body))
+        metrics.LATENCY.labels(src.name).observe(latency_ms / 1000)
+        return _answer(200, "queued", id=delivery.id)
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    app.add_url_rule("/webhooks/<source>", "webhook", webhook, methods=methods, provide_automatic_options=False)
+    app.add_url_rule("/webhooks/<source>/<path_token>", "webhook_token", webhook, methods=methods,
+                     provide_automatic_options=False)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _answer(200, "alive")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        try:
+            conn.ping()
+        except redis.RedisError as exc:
+            resp = _answer(503, f"redis unavailable: {type(exc).__name__}")
+            resp.headers["Retry-After"] = retry_after
+            return resp
+        return _answer(200, "ready")
+
+    @app.get("/metrics")
+    def metrics_view() -> Response:
+        data, content_type = metrics.render(conn, config)
+        return Response(data, mimetype=content_type)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        resp = _answer(exc.code or 400, (exc.name or "bad request").lower())
+        if exc.code == 405 and exc.valid_methods:
+            resp.headers["Allow"] = ", ".join(exc.valid_methods)
+        return resp
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        # A bug, never a client's doing: log it whole, answer without details.
+        log.exception("ingest.unexpected_error")
+        return _answer(500, "internal error")
+
+    @app.after_request
+    def observe(resp: Response) -> Response:
+        source = getattr(g, "source", None)
+        if source is not None:
+            metrics.DELIVERIES.labels(source, str(resp.status_code)).inc()
+        return resp
+
+    return app

@@ -1,0 +1,478 @@
+"""hooklane.toml, read and validated once at start-up into typed, frozen objects.
+
+Every error names the key that caused it (``sources[1].secrets[0]: ...``) so a
+bad deploy fails on start with a message an operator can act on, not on the
+thousandth delivery. Secrets are only ever referenced as ``env:NAME``; a literal
+secret in the file is refused, and resolved values never appear in ``repr()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "./hooklane.toml"
+HANDLER_TYPES = ("http", "suppression", "python", "log")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_PATTERN_RE = re.compile(r"^[a-z0-9_*.-]+$")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message starts with the offending key."""
+
+
+class Secret:
+    """A resolved secret whose value never leaks through repr/str/logging."""
+
+    __slots__ = ("_value", "ref")
+
+    def __init__(self, value: bytes, ref: str) -> None:
+        self._value = value
+        self.ref = ref  # "env:NAME", safe to print
+
+    def reveal(self) -> bytes:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.ref})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value and other.ref == self.ref
+
+    def __hash__(self) -> int:
+        return hash(self.ref)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    # Every key hooklane writes (its own and RQ's queue name) starts with this.
+    prefix: str = "hooklane"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_body_bytes: int = 1024 * 1024
+    # How many reverse proxies in front of ingest append to X-Forwarded-For.
+    trusted_proxies: int = 0
+    retry_after_seconds: int = 5
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    dedupe_window_seconds: int = 7 * 24 * 3600
+    # Wall-clock limit of one job; also bounds how long a dead worker's job stays claimed.
+    job_timeout_seconds: int = 60
+    # Extra seconds past the job timeout before a silent worker's job counts as abandoned.
+    abandoned_grace_seconds: int = 30
+    # How often some worker sweeps for abandoned jobs (RQ's maintenance interval).
+    maintenance_interval_seconds: int = 30
+    # Delivery jobs retried when a worker dies or Redis blips mid-job.
+    delivery_max_attempts: int = 5
+    # Backoff for handler retries: base * 2**n, capped, with full jitter.
+    backoff_base_seconds: float = 30.0
+    backoff_cap_seconds: float = 6 * 3600.0
+    worker_class: str = "simple"  # "simple" (in-process) or "fork" (a process per job)
+    metrics_port: int | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetterConfig:
+    # 0 keeps entries until an operator removes them.
+    retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    provider: str
+    secrets: tuple[Secret, ...] = ()
+    tokens: tuple[Secret, ...] = ()
+    allow_ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    tolerance_seconds: int = 300
+    insecure: bool = False
+    methods: tuple[str, ...] = ()  # empty = every method the provider may use
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    name: str
+    type: str
+    url: str | None = None
+    timeout_seconds: float = 10.0
+    connect_timeout_seconds: float = 3.05
+    max_attempts: int = 8
+    target: str | None = None
+    outcomes: tuple[str, ...] = ()
+    secret: Secret | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    suppression_key: str = "suppression"
+    # For `python` handlers: resolved at load time so a bad target fails the config check.
+    callable: Callable[[dict], Any] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    events: tuple[str, ...]
+    handlers: tuple[str, ...]
+    sources: tuple[str, ...] = ()  # empty = every source
+
+    def matches(self, event_type: str, source: str) -> bool:
+        if self.sources and source not in self.sources:
+            return False
+        return any(pattern_matches(p, event_type) for p in self.events)
+
+
+@dataclass(frozen=True)
+class Config:
+    redis: RedisConfig
+    ingest: IngestConfig
+    worker: WorkerConfig
+    dead_letters: DeadLetterConfig
+    sources: Mapping[str, SourceConfig]
+    handlers: Mapping[str, HandlerConfig]
+    routes: tuple[RouteConfig, ...]
+    path: str = ""
+
+    def handlers_for(self, event_type: str, source: str) -> list[HandlerConfig]:
+        """Handlers routed for an event, each once, in route order."""
+        names: dict[str, None] = {}
+        for route in self.routes:
+            if route.matches(event_type, source):
+                for name in route.handlers:
+                    names.setdefault(name, None)
+        return [self.handlers[n] for n in names]
+
+
+def pattern_matches(pattern: str, event_type: str) -> bool:
+    """`*` matches everything, `call.*` every type under `call.`, otherwise exact."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve the config file. Raises ConfigError naming the bad key."""
+    env = os.environ if env is None else env
+    path = str(path or env.get("HOOKLANE_CONFIG") or DEFAULT_PATH)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"HOOKLANE_CONFIG: no config file at {path!r}") from None
+    except OSError as exc:
+        raise ConfigError(f"HOOKLANE_CONFIG: cannot read {path!r}: {exc.strerror}") from None
+    return loads(text, env=env, path=path)
+
+
+def loads(text: str, env: Mapping[str, str] | None = None, path: str = "<string>") -> Config:
+    env = os.environ if env is None else env
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(raw, env=env, path=path)
+
+
+def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path: str = "<dict>") -> Config:
+    env = os.environ if env is None else env
+    r = _Reader(raw, "", env)
+    r.only("redis", "ingest", "worker", "dead_letters", "sources", "handlers", "routes")
+
+    rd = r.table("redis")
+    rd.only("url", "prefix")
+    url = env.get("REDIS_URL") or rd.str("url", RedisConfig.url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{rd.key('url')}: must start with redis://, rediss:// or unix://")
+    redis = RedisConfig(url=url, prefix=rd.name("prefix", RedisConfig.prefix))
+
+    ig = r.table("ingest")
+    ig.only("max_body_bytes", "trusted_proxies", "retry_after_seconds")
+    ingest = IngestConfig(
+        max_body_bytes=ig.int("max_body_bytes", IngestConfig.max_body_bytes, minimum=1),
+        trusted_proxies=ig.int("trusted_proxies", 0, minimum=0),
+        retry_after_seconds=ig.int("retry_after_seconds", 5, minimum=1),
+    )
+
+    wk = r.table("worker")
+    wk.only(*WorkerConfig.__dataclass_fields__)
+    d = WorkerConfig()
+    worker_class = wk.str("worker_class", d.worker_class)
+    if worker_class not in ("simple", "fork"):
+        raise ConfigError(f"{wk.key('worker_class')}: must be 'simple' or 'fork', got {worker_class!r}")
+    worker = WorkerConfig(
+        dedupe_window_seconds=wk.int("dedupe_window_seconds", d.dedupe_window_seconds, minimum=1),
+        job_timeout_seconds=wk.int("job_timeout_seconds", d.job_timeout_seconds, minimum=1),
+        abandoned_grace_seconds=wk.int("abandoned_grace_seconds", d.abandoned_grace_seconds, minimum=1),
+        maintenance_interval_seconds=wk.int(
+            "maintenance_interval_seconds", d.maintenance_interval_seconds, minimum=1
+        ),
+        delivery_max_attempts=wk.int("delivery_max_attempts", d.delivery_max_attempts, minimum=1),
+        backoff_base_seconds=wk.float("backoff_base_seconds", d.backoff_base_seconds, minimum=0.0),
+        backoff_cap_seconds=wk.float("backoff_cap_seconds", d.backoff_cap_seconds, minimum=0.0),
+        worker_class=worker_class,
+        metrics_port=wk.int("metrics_port", None, minimum=1) if "metrics_port" in wk.data else None,
+    )
+
+    dl = r.table("dead_letters")
+    dl.only("retention_days")
+    dead_letters = DeadLetterConfig(retention_days=dl.int("retention_days", 30, minimum=0))
+
+    sources: dict[str, SourceConfig] = {}
+    for s in r.array("sources"):
+        src = _source(s)
+        if src.name in sources:
+            raise ConfigError(f"{s.key('name')}: duplicate source name {src.name!r}")
+        sources[src.name] = src
+
+    handlers: dict[str, HandlerConfig] = {}
+    for name, h in r.subtables("handlers"):
+        handlers[name] = _handler(name, h)
+
+    routes: list[RouteConfig] = []
+    for rt in r.array("routes"):
+        rt.only("events", "sources", "handlers")
+        events = rt.str_list("events", required=True)
+        for i, p in enumerate(events):
+            if not _PATTERN_RE.match(p) or ("*" in p and p != "*" and not p.endswith(".*")):
+                raise ConfigError(f"{rt.key('events')}[{i}]: bad pattern {p!r} (use 'call.*', '*' or a type)")
+        route_sources = rt.str_list("sources")
+        for i, s_name in enumerate(route_sources):
+            if s_name not in sources:
+                raise ConfigError(f"{rt.key('sources')}[{i}]: unknown source {s_name!r}")
+        route_handlers = rt.str_list("handlers", required=True)
+        for i, h_name in enumerate(route_handlers):
+            if h_name not in handlers:
+                raise ConfigError(f"{rt.key('handlers')}[{i}]: unknown handler {h_name!r}")
+        routes.append(RouteConfig(tuple(events), tuple(route_handlers), tuple(route_sources)))
+
+    return Config(
+        redis=redis,
+        ingest=ingest,
+        worker=worker,
+        dead_letters=dead_letters,
+        sources=sources,
+        handlers=handlers,
+        routes=tuple(routes),
+        path=path,
+    )
+
+
+def _source(s: _Reader) -> SourceConfig:
+    from shared.providers import PROVIDERS  # the registry; imported late to keep config importable alone
+
+    s.only("name", "provider", "secrets", "token", "allow_ips", "tolerance_seconds", "insecure", "methods")
+    name = s.name("name", None)
+    provider_name = s.str("provider", None)
+    if provider_name not in PROVIDERS:
+        raise ConfigError(f"{s.key('provider')}: unknown provider {provider_name!r} (known: {', '.join(PROVIDERS)})")
+    provider = PROVIDERS[provider_name]
+    secrets = tuple(s.secret_list("secrets"))
+    tokens = tuple(s.secret_list("token"))
+    allow_ips = []
+    for i, cidr in enumerate(s.str_list("allow_ips")):
+        try:
+            allow_ips.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ConfigError(f"{s.key('allow_ips')}[{i}]: not an IP address or CIDR: {cidr!r}") from None
+    insecure = s.bool("insecure", False)
+    methods = tuple(m.upper() for m in s.str_list("methods"))
+    for i, m in enumerate(methods):
+        if m not in provider.methods:
+            raise ConfigError(
+                f"{s.key('methods')}[{i}]: {provider_name} never sends {m} (it may use {', '.join(provider.methods)})"
+            )
+    if secrets and not provider.signs:
+        raise ConfigError(
+            f"{s.key('secrets')}: {provider_name} does not sign its webhooks; use token and/or allow_ips"
+        )
+    if not (secrets or tokens or allow_ips or insecure):
+        what = "secrets, token or allow_ips" if provider.signs else "token and/or allow_ips"
+        raise ConfigError(
+            f"{s.key('name')}: source {name!r} has no authentication; set {what}, "
+            "or insecure = true to accept anything that reaches the URL"
+        )
+    return SourceConfig(
+        name=name,
+        provider=provider_name,
+        secrets=secrets,
+        tokens=tokens,
+        allow_ips=tuple(allow_ips),
+        tolerance_seconds=s.int("tolerance_seconds", 300, minimum=1),
+        insecure=insecure,
+        methods=methods,
+    )
+
+
+def _handler(name: str, h: _Reader) -> HandlerConfig:
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"handlers.{name}: handler names are letters, digits, '_', '.', '-'")
+    h.only(
+        "type", "url", "timeout_seconds", "connect_timeout_seconds", "max_attempts",
+        "target", "outcomes", "secret", "headers", "suppression_key",
+    )
+    kind = h.str("type", None)
+    if kind not in HANDLER_TYPES:
+        raise ConfigError(f"{h.key('type')}: must be one of {', '.join(HANDLER_TYPES)}, got {kind!r}")
+    url = h.str("url", None) if "url" in h.data else None
+    if kind == "http":
+        if not url or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{h.key('url')}: an http handler needs an http:// or https:// url")
+    secret_list = h.secret_list("secret")
+    target = h.str("target", None) if "target" in h.data else None
+    func = None
+    if kind == "python":
+        if not target:
+            raise ConfigError(f"{h.key('target')}: a python handler needs target = \"module:function\"")
+        func = _import_target(target, h.key("target"))
+    outcomes = tuple(h.str_list("outcomes"))
+    if kind == "suppression" and not outcomes:
+        raise ConfigError(f"{h.key('outcomes')}: a suppression handler needs the outcomes that suppress")
+    headers = h.data.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ConfigError(f"{h.key('headers')}: must be a table of strings")
+    return HandlerConfig(
+        name=name,
+        type=kind,
+        url=url,
+        timeout_seconds=h.float("timeout_seconds", 10.0, minimum=0.001),
+        connect_timeout_seconds=h.float("connect_timeout_seconds", 3.05, minimum=0.001),
+        max_attempts=h.int("max_attempts", 8, minimum=1),
+        target=target,
+        outcomes=outcomes,
+        secret=secret_list[0] if secret_list else None,
+        headers=dict(headers),
+        suppression_key=h.name("suppression_key", "suppression"),
+        callable=func,
+    )
+
+
+def _import_target(target: str, key: str) -> Callable[[dict], Any]:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{key}: must look like 'package.module:function', got {target!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{key}: cannot import {module_name!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ConfigError(f"{key}: {module_name!r} has no attribute {attr!r}")
+    if not callable(obj):
+        raise ConfigError(f"{key}: {target!r} is not callable")
+    return obj
+
+
+class _Reader:
+    """Typed accessors over one TOML table that know their own dotted key."""
+
+    def __init__(self, data: Any, prefix: str, env: Mapping[str, str]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{prefix or '<root>'}: must be a table")
+        self.data = data
+        self.prefix = prefix
+        self.env = env
+
+    def key(self, k: str) -> str:
+        return f"{self.prefix}.{k}" if self.prefix else k
+
+    def only(self, *allowed: str) -> None:
+        for k in self.data:
+            if k not in allowed:
+                raise ConfigError(f"{self.key(k)}: unknown key (allowed: {', '.join(allowed)})")
+
+    def table(self, k: str) -> _Reader:
+        return _Reader(self.data.get(k, {}), self.key(k), self.env)
+
+    def array(self, k: str) -> list[_Reader]:
+        items = self.data.get(k, [])
+        if not isinstance(items, list):
+            raise ConfigError(f"{self.key(k)}: must be an array of tables ([[{k}]])")
+        return [_Reader(item, f"{self.key(k)}[{i}]", self.env) for i, item in enumerate(items)]
+
+    def subtables(self, k: str) -> list[tuple[str, _Reader]]:
+        t = self.data.get(k, {})
+        if not isinstance(t, dict):
+            raise ConfigError(f"{self.key(k)}: must be a table of tables ([{k}.NAME])")
+        return [(name, _Reader(v, f"{self.key(k)}.{name}", self.env)) for name, v in t.items()]
+
+    def _get(self, k: str, default: Any) -> Any:
+        if k not in self.data:
+            if default is None:
+                raise ConfigError(f"{self.key(k)}: required")
+            return default
+        return self.data[k]
+
+    def str(self, k: str, default: str | None) -> str:
+        v = self._get(k, default)
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{self.key(k)}: must be a non-empty string")
+        return v
+
+    def name(self, k: str, default: str | None) -> str:
+        v = self.str(k, default)
+        if not _NAME_RE.match(v):
+            raise ConfigError(f"{self.key(k)}: {v!r} may only hold letters, digits, '_', '.', '-'")
+        return v
+
+    def bool(self, k: str, default: bool) -> bool:
+        v = self.data.get(k, default)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.key(k)}: must be true or false")
+        return v
+
+    def int(self, k: str, default: int | None, minimum: int = 0) -> int:
+        v = self._get(k, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"{self.key(k)}: must be an integer >= {minimum}, got {v!r}")
+        return v
+
+    def float(self, k: str, default: float, minimum: float = 0.0) -> float:
+        v = self.data.get(k, default)
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < minimum:
+            raise ConfigError(f"{self.key(k)}: must be a number >= {minimum}, got {v!r}")
+        return float(v)
+
+    def str_list(self, k: str, required: bool = False) -> list[str]:
+        if k not in self.data:
+            if required:
+                raise ConfigError(f"{self.key(k)}: required")
+            return []
+        v = self.data[k]
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+            raise ConfigError(f"{self.key(k)}: must be a list of non-empty strings")
+        if required and not v:
+            raise ConfigError(f"{self.key(k)}: must not be empty")
+        return v
+
+    def secret_list(self, k: str) -> list[Secret]:
+        out = []
+        raw = self.data.get(k, [])
+        many = isinstance(raw, list)
+        for i, ref in enumerate(self.str_list(k)):
+            where = f"{self.key(k)}[{i}]" if many else self.key(k)
+            if not ref.startswith("env:") or len(ref) <= 4:
+                raise ConfigError(f"{where}: secrets must be referenced as \"env:NAME\", never written in the file")
+            var = ref[4:]
+            value = self.env.get(var)
+            if not value:
+                raise ConfigError(f"{where}: environment variable {var} is not set or empty")
+            out.append(Secret(value.encode("utf-8"), ref))
+        return out

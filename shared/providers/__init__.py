@@ -1,0 +1,18 @@
+"""The provider registry: one module per provider, one line per provider here.
+
+Adding a provider is adding ``shared/providers/<name>.py`` (see ``base.py`` for
+the contract), its line below, and ``tests/fixtures/<name>/``;
+``tests/test_provider_registry.py`` fails until all three exist.
+"""
+
+from __future__ import annotations
+
+from shared.providers import volumereach
+from shared.providers.base import Provider
+
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        volumereach.PROVIDER,
+    )
+}

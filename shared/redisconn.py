@@ -1,0 +1,39 @@
+"""One way to get a Redis connection, for ingest, workers and the CLI.
+
+URLs: ``redis://``, ``rediss://`` (TLS, managed services), ``unix://`` and
+``redis+sentinel://host:26379,host2:26379/<service>/<db>`` for a
+Sentinel-managed primary (failover follows the primary).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from redis import Redis
+from redis.sentinel import Sentinel
+
+
+def connect(url: str, *, socket_timeout: float | None = 5.0, connect_timeout: float = 2.0) -> Redis:
+    if url.startswith("redis+sentinel://"):
+        return _sentinel(url, socket_timeout, connect_timeout)
+    return Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        health_check_interval=30,
+    )
+
+
+def _sentinel(url: str, socket_timeout: float | None, connect_timeout: float) -> Redis:
+    parts = urlsplit(url)
+    hosts = []
+    for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = hostport.rpartition(":")
+        hosts.append((host or hostport, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("redis+sentinel:// URL needs the service name: redis+sentinel://h:26379/mymaster/0")
+    service, db = path[0], int(path[1]) if len(path) > 1 else 0
+    password = parts.password or (parse_qs(parts.query).get("password") or [None])[0]
+    sentinel = Sentinel(hosts, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
+    return sentinel.master_for(service, db=db, password=password, socket_timeout=socket_timeout)

@@ -1,0 +1,187 @@
+"""Shared fixtures.
+
+Real-Redis tests use a private `redis-server` this session starts on a free
+port (never the machine's 6379), flushed before each test. A missing
+redis-server binary is an error, not a skip: those tests must run in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from shared import config as cfg_mod
+from shared.config import Config
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# Secrets the test configs reference; set once so every config loads.
+TEST_ENV = {
+    "VR_SECRET": "vr-secret-current",
+    "VR_SECRET_OLD": "vr-secret-previous",
+    "VOXPRIA_SECRET": "whsec_xyz789",
+    "VOLUBILE_SECRET": "volubile-webhook-secret",
+    "VOIPBIN_TOKEN": "vb-url-token-123",
+    "VOICEKIT_TOKEN": "vk-url-token-456",
+    "CRM_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server process; `stop()` / `start()` simulate an outage."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: the real-Redis tests need it (apt-get install redis-server)")
+        self.binary = binary
+        self.dir = tempfile.mkdtemp(prefix="hooklane-redis-")
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError(f"private redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def client(self, **kw: Any) -> redis.Redis:
+        return redis.Redis.from_url(self.url, **kw)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def real_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    if redis_server.proc is None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fake_redis() -> redis.Redis:
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture(autouse=True)
+def _test_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("HOOKLANE_CONFIG", raising=False)
+    monkeypatch.setenv("HOOKLANE_LOG_FORMAT", "json")
+
+
+BASE_CONFIG = """
+[redis]
+url = "redis://127.0.0.1:6379/15"
+
+[worker]
+backoff_base_seconds = 0.2
+backoff_cap_seconds = 1.0
+
+[[sources]]
+name = "vr"
+provider = "volumereach"
+secrets = ["env:VR_SECRET", "env:VR_SECRET_OLD"]
+
+[[sources]]
+name = "vox"
+provider = "voxpria"
+secrets = ["env:VOXPRIA_SECRET"]
+
+[[sources]]
+name = "vol"
+provider = "volubile"
+secrets = ["env:VOLUBILE_SECRET"]
+
+[[sources]]
+name = "vb"
+provider = "voipbin"
+token = "env:VOIPBIN_TOKEN"
+
+[[sources]]
+name = "vk"
+provider = "voicekit"
+token = "env:VOICEKIT_TOKEN"
+allow_ips = ["127.0.0.0/8", "10.0.0.0/8"]
+
+[handlers.log]
+type = "log"
+
+[[routes]]
+events = ["*"]
+handlers = ["log"]
+"""
+
+
+@pytest.fixture
+def make_config() -> Callable[..., Config]:
+    """Build a Config from TOML text (default: one source per provider, a log handler)."""
+
+    def _make(text: str = BASE_CONFIG, redis_url: str | None = None, env: dict[str, str] | None = None) -> Config:
+        environ = {**os.environ, **TEST_ENV, **(env or {})}
+        if redis_url:
+            environ["REDIS_URL"] = redis_url
+        else:
+            environ.pop("REDIS_URL", None)
+        return cfg_mod.loads(text, env=environ)
+
+    return _make
+
+
+@pytest.fixture
+def config(make_config: Callable[..., Config]) -> Config:
+    return make_config()
+
+
+def load_fixture(provider: str, name: str) -> Any:
+    return json.loads((FIXTURES / provider / name).read_text(encoding="utf-8"))

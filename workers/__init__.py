@@ -1,0 +1,1 @@
+"""RQ jobs: normalize -> dedupe -> route -> run handlers, retries, dead letters."""
