@@ -78,9 +78,11 @@ class WorkerConfig:
     maintenance_interval_seconds: int = 30
     # Delivery jobs retried when a worker dies or Redis blips mid-job.
     delivery_max_attempts: int = 5
-    # Backoff for handler retries: base * 2**n, capped, with full jitter.
-    backoff_base_seconds: float = 30.0
-    backoff_cap_seconds: float = 6 * 3600.0
+    # Backoff for handler retries: base * multiplier**n, capped, ±jitter (workers/backoff.py).
+    backoff_base_seconds: float = 60.0
+    backoff_multiplier: float = 4.0
+    backoff_cap_seconds: float = 8 * 3600.0
+    backoff_jitter: float = 0.2
     worker_class: str = "simple"  # "simple" (in-process) or "fork" (a process per job)
     metrics_port: int | None = None
 
@@ -196,7 +198,9 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     rd.only("url", "prefix")
     url = env.get("REDIS_URL") or rd.str("url", RedisConfig.url)
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"{rd.key('url')}: must start with redis://, rediss:// or unix://")
+        # Blame where the value came from; never echo it (managed services put the password in it).
+        where = "REDIS_URL" if env.get("REDIS_URL") else rd.key("url")
+        raise ConfigError(f"{where}: must start with redis://, rediss:// or unix://")
     redis = RedisConfig(url=url, prefix=rd.name("prefix", RedisConfig.prefix))
 
     ig = r.table("ingest")
@@ -222,7 +226,9 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
         ),
         delivery_max_attempts=wk.int("delivery_max_attempts", d.delivery_max_attempts, minimum=1),
         backoff_base_seconds=wk.float("backoff_base_seconds", d.backoff_base_seconds, minimum=0.0),
+        backoff_multiplier=wk.float("backoff_multiplier", d.backoff_multiplier, minimum=1.0),
         backoff_cap_seconds=wk.float("backoff_cap_seconds", d.backoff_cap_seconds, minimum=0.0),
+        backoff_jitter=wk.float("backoff_jitter", d.backoff_jitter, minimum=0.0),
         worker_class=worker_class,
         metrics_port=wk.int("metrics_port", None, minimum=1) if "metrics_port" in wk.data else None,
     )
@@ -368,6 +374,8 @@ def _import_target(target: str, key: str) -> Callable[[dict], Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"{key}: cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any error at import time is the target's fault, reported by key
+        raise ConfigError(f"{key}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
@@ -476,3 +484,51 @@ class _Reader:
                 raise ConfigError(f"{where}: environment variable {var} is not set or empty")
             out.append(Secret(value.encode("utf-8"), ref))
         return out
+
+
+def describe(config: Config) -> str:
+    """A human summary of what the config sets up; secrets shown only by reference."""
+    lines = [f"config: {config.path}", f"redis: {_safe_redis_url(config.redis.url)} (prefix {config.redis.prefix})",
+             f"ingest: max_body_bytes={config.ingest.max_body_bytes} trusted_proxies={config.ingest.trusted_proxies}",
+             f"worker: class={config.worker.worker_class} dedupe_window={config.worker.dedupe_window_seconds}s "
+             f"job_timeout={config.worker.job_timeout_seconds}s",
+             f"dead letters: retention={config.dead_letters.retention_days or 'forever'} days",
+             f"sources ({len(config.sources)}):"]
+    for s in config.sources.values():
+        auth = []
+        if s.secrets:
+            auth.append(f"signature ({len(s.secrets)} secret{'s' if len(s.secrets) > 1 else ''}: "
+                        f"{', '.join(x.ref for x in s.secrets)}; tolerance {s.tolerance_seconds}s)")
+        if s.tokens:
+            auth.append(f"URL token ({', '.join(x.ref for x in s.tokens)})")
+        if s.allow_ips:
+            auth.append(f"IPs {', '.join(str(n) for n in s.allow_ips)}")
+        if s.insecure:
+            auth.append("INSECURE: no authentication")
+        lines.append(f"  /webhooks/{s.name}  provider={s.provider}  auth: {'; '.join(auth)}")
+    lines.append(f"handlers ({len(config.handlers)}):")
+    for h in config.handlers.values():
+        extra = _describe_handler(h)
+        lines.append(f"  {h.name}: {h.type} {extra}".rstrip())
+    lines.append(f"routes ({len(config.routes)}):")
+    for r in config.routes:
+        lines.append(f"  {','.join(r.events)} from {','.join(r.sources) or 'any source'} -> {', '.join(r.handlers)}")
+    return "\n".join(lines)
+
+
+def _safe_redis_url(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def _safe_http_url(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url).split("?", 1)[0]
+
+
+def _describe_handler(h: HandlerConfig) -> str:
+    if h.type == "http":
+        return f"url={_safe_http_url(h.url or '')} max_attempts={h.max_attempts} signed={'yes' if h.secret else 'no'}"
+    if h.type == "python":
+        return f"target={h.target} max_attempts={h.max_attempts}"
+    if h.type == "suppression":
+        return f"outcomes={','.join(h.outcomes)} list={h.suppression_key}"
+    return ""

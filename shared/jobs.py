@@ -72,3 +72,98 @@ def enqueue_delivery(redis: Redis, delivery: Delivery, config: Config) -> None:
     pipe.rpush(f"rq:queue:{name}", delivery.id)
     pipe.sadd("rq:queues", f"rq:queue:{name}")
     pipe.execute()
+
+
+# --------------------------------------------------------------------------- off the hot path
+# Handler retries and replays are rare, so they use RQ's own API.
+
+
+def rq_queue(redis: Redis, config: Config):  # -> rq.Queue
+    from rq import Queue
+
+    return Queue(queue_name(config), connection=redis, serializer=SERIALIZER,
+                 default_timeout=config.worker.job_timeout_seconds)
+
+
+def enqueue_handler_job(
+    redis: Redis,
+    pipeline,
+    config: Config,
+    *,
+    task: dict,
+    prior_attempts: list[dict],
+    retries: int,
+    delay: float | None,
+    job_id: str | None = None,
+    replays: list[dict] | None = None,
+    intervals: list[float] | None = None,
+):
+    """A `run_handler(task)` job with `retries` RQ retries left, queued now or after `delay` seconds.
+
+    `task` = {"event": canonical event dict, "handler": name, "delivery": envelope dict}.
+    The attempt history travels in job.meta["attempts"] so a dead letter keeps all of it.
+    """
+    from datetime import timedelta
+
+    from rq import Retry
+    from rq.job import Job
+
+    from workers.backoff import delays
+
+    queue = rq_queue(redis, config)
+    retry = None
+    if retries > 0:
+        retry = Retry(max=retries, interval=intervals if intervals is not None else delays(config.worker, retries))
+    job = Job.create(
+        RUN_HANDLER,
+        args=[task],
+        connection=redis,
+        serializer=SERIALIZER,
+        id=job_id,
+        timeout=config.worker.job_timeout_seconds,
+        result_ttl=0,
+        failure_ttl=config.dead_letters.retention_days * 86400 or 365 * 86400,
+        description=f"run_handler({task['handler']}, {task['event']['id']})",
+        meta={"attempts": list(prior_attempts), "replays": list(replays or [])},
+        retry=retry,
+        origin=queue.name,
+    )
+    if delay:
+        queue.schedule_job(job, datetime.now(UTC) + timedelta(seconds=delay), pipeline=pipeline)
+    else:
+        queue.enqueue_job(job, pipeline=pipeline)
+    return job
+
+
+def enqueue_delivery_replay(
+    redis: Redis,
+    pipeline,
+    config: Config,
+    envelope: dict,
+    *,
+    job_id: str,
+    prior_attempts: list[dict],
+    replays: list[dict],
+):
+    """Re-run a dead-lettered delivery (stage normalize/delivery) with a fresh attempt budget."""
+    from rq import Retry
+    from rq.job import Job
+
+    queue = rq_queue(redis, config)
+    job = Job.create(
+        PROCESS_DELIVERY,
+        args=[envelope],
+        connection=redis,
+        serializer=SERIALIZER,
+        id=job_id,
+        timeout=config.worker.job_timeout_seconds,
+        result_ttl=0,
+        failure_ttl=config.dead_letters.retention_days * 86400 or 365 * 86400,
+        description=f"process_delivery({envelope.get('source')}, {envelope.get('id')}) replay",
+        meta={"attempts": list(prior_attempts), "replays": list(replays)},
+        retry=Retry(max=config.worker.delivery_max_attempts - 1, interval=list(DELIVERY_RETRY_INTERVALS))
+        if config.worker.delivery_max_attempts > 1 else None,
+        origin=queue.name,
+    )
+    queue.enqueue_job(job, pipeline=pipeline)
+    return job

@@ -1,0 +1,53 @@
+"""`hooklane ingest` (gunicorn) and `hooklane worker` (RQ)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from shared.cli.common import load_config
+
+GUNICORN_CONF = Path(__file__).resolve().parents[2] / "ingest" / "gunicorn.conf.py"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="run the webhook intake (gunicorn)")
+    p.add_argument("--bind", help="HOST:PORT (default 0.0.0.0:$PORT, 8000 without PORT)")
+    p.add_argument("--workers", type=int, help="gunicorn worker processes (default: see ingest/gunicorn.conf.py)")
+    p.set_defaults(func=ingest)
+
+    w = sub.add_parser("worker", help="run a worker: normalize, dedupe, handlers, retries, dead letters")
+    w.add_argument("--burst", action="store_true", help="exit once the queue is empty (tests, batch jobs)")
+    w.add_argument("--no-scheduler", action="store_true", help="do not run RQ's scheduler in this process")
+    w.add_argument("--name", help="worker name (default: hooklane-<host>-<pid>-<random>)")
+    w.set_defaults(func=worker)
+
+
+def ingest_argv(args: argparse.Namespace) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "ingest.wsgi:app"]
+
+
+def ingest(args: argparse.Namespace) -> int:
+    config = load_config(args)  # fail here, naming the key, before gunicorn forks anything
+    env = dict(os.environ)
+    if args.config:
+        env["HOOKLANE_CONFIG"] = str(Path(args.config).resolve())
+    elif config.path:
+        env["HOOKLANE_CONFIG"] = str(Path(config.path).resolve())
+    if args.bind:
+        env["HOOKLANE_BIND"] = args.bind
+    if args.workers:
+        env["HOOKLANE_INGEST_WORKERS"] = str(args.workers)
+    argv = ingest_argv(args)
+    os.execve(argv[0], argv, env)
+    return 0  # not reached
+
+
+def worker(args: argparse.Namespace) -> int:
+    from workers.main import run
+
+    config = load_config(args)
+    ok = run(config, burst=args.burst, with_scheduler=not args.no_scheduler, name=args.name)
+    return 0 if ok or args.burst else 1

@@ -1,0 +1,268 @@
+"""The two RQ jobs and the failure policy that turns every failure into a retry or a dead letter.
+
+process_delivery(envelope)      one job per accepted delivery (ingest writes it):
+    normalize -> dedupe claim -> route -> run each handler inline (first attempt).
+    A handler that fails is handed, in the same Redis transaction that settles it,
+    to its own `run_handler` job (scheduled with backoff) or, if permanent, to the
+    dead-letter queue; the other handlers are not affected and never re-run.
+    The happy path costs one RQ job per event, whatever the number of handlers.
+
+run_handler(task)               one (event, handler) pair's attempts 2..max_attempts,
+    retried by RQ's scheduler with the backoff in job.retry_intervals.
+
+on_failure(job, ...)            the worker's exception handler (also called by RQ for
+    abandoned jobs): records the attempt in job.meta, makes permanent errors final
+    (retries_left = 0: RQ has no "do not retry" exception) and, when nothing is
+    left, writes the dead letter. Exceptions are never swallowed inside a job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+from rq import get_current_job
+from rq.job import Job
+
+from shared import deadletters, stats
+from shared import logging as hl_logging
+from shared.config import HandlerConfig
+from shared.envelope import Delivery, EnvelopeError, utc_now_iso
+from shared.events import Event
+from shared.jobs import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
+from shared.providers import PROVIDERS
+from workers import runtime
+from workers.backoff import delays
+from workers.errors import NormalizeFailed, PermanentError, is_permanent
+
+log = hl_logging.get_logger("hooklane.worker")
+
+
+# --------------------------------------------------------------------------- normalize
+
+
+def normalize(delivery: Delivery) -> Event:
+    provider = PROVIDERS.get(delivery.provider)
+    if provider is None:
+        raise NormalizeFailed(f"unknown provider {delivery.provider!r}")
+    try:
+        payload = json.loads(delivery.body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NormalizeFailed(f"body is not JSON: {exc}") from exc
+    try:
+        return provider.normalize(payload, delivery)
+    except Exception as exc:  # noqa: BLE001 - any normalizer failure is permanent for this body; replay after a fix
+        raise NormalizeFailed(f"{delivery.provider} normalizer: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_delivery(envelope: Any) -> Delivery:
+    try:
+        return Delivery.from_dict(envelope)
+    except EnvelopeError as exc:
+        raise NormalizeFailed(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def process_delivery(envelope: dict[str, Any]) -> None:
+    rt = runtime.get()
+    job = get_current_job()
+    delivery = _read_delivery(envelope)
+    hl_logging.clear()
+    hl_logging.bind(
+        request_id=delivery.id,
+        delivery_id=delivery.delivery_id,
+        source=delivery.source,
+        provider=delivery.provider,
+        job_id=job.id if job else None,
+    )
+    event = normalize(delivery)
+    hl_logging.bind(event_id=event.id, event_type=event.type)
+    prefix = rt.config.redis.prefix
+
+    claim = rt.deduper.claim(event.id, delivery.id)
+    if claim.duplicate:
+        log.info("event.duplicate")
+        pipe = rt.redis.pipeline(transaction=False)
+        stats.bump(pipe, prefix, "duplicates")
+        pipe.execute()
+        return
+
+    targets = rt.config.handlers_for(event.type, event.source)
+    pending = [h for h in targets if h.name not in claim.settled]
+    log.info("event.normalized", handlers=[h.name for h in targets], resumed=claim.state == "resume")
+    if not pending:
+        pipe = rt.redis.pipeline(transaction=False)
+        rt.deduper.finish(event.id, pipeline=pipe)
+        stats.bump(pipe, prefix, "processed")
+        if not targets:
+            log.info("event.unrouted")
+            stats.bump(pipe, prefix, "unrouted")
+        pipe.execute()
+        return
+
+    event_dict = event.to_dict()
+    for i, handler in enumerate(pending):
+        _run_inline(rt, handler, event_dict, envelope, job, final=i == len(pending) - 1)
+
+
+def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, Any], envelope: dict[str, Any],
+                job: Job | None, *, final: bool) -> None:
+    prefix = rt.config.redis.prefix
+    started = time.monotonic()
+    with hl_logging.bound(handler=handler.name, attempt=1):
+        try:
+            rt.handlers[handler.name](event)
+        except Exception as exc:  # noqa: BLE001 - any handler failure becomes a retry job or a dead letter below
+            attempt = attempt_record(exc, started, rt)
+            pipe = rt.redis.pipeline(transaction=True)
+            if is_permanent(exc) or handler.max_attempts <= 1:
+                entry = dead_letter_entry(
+                    rt, entry_id=f"{job.id if job else 'inline'}-{handler.name}", stage="handler", exc=exc,
+                    tb=exc.__traceback__, attempts=[attempt], event=event, delivery=envelope,
+                    handler=handler.name, replays=[],
+                )
+                deadletters.add(rt.redis, rt.config, entry, pipeline=pipe)
+                rt.deduper.settle(event["id"], handler.name, "dead", pipeline=pipe, final=final)
+                stats.bump(pipe, prefix, "dead_lettered")
+                log.error("handler.dead_lettered", error=attempt["error_class"], message=attempt["message"],
+                          status=attempt["status"])
+            else:
+                waits = delays(rt.config.worker, handler.max_attempts - 1)
+                first_wait = max(waits[0], getattr(exc, "retry_after", None) or 0.0)
+                retry_job = enqueue_handler_job(
+                    rt.redis, pipe, rt.config,
+                    task={"event": event, "handler": handler.name, "delivery": envelope},
+                    prior_attempts=[attempt], retries=handler.max_attempts - 2, delay=first_wait,
+                    intervals=waits[1:],
+                )
+                rt.deduper.settle(event["id"], handler.name, "retrying", pipeline=pipe, final=final)
+                stats.bump(pipe, prefix, "retries")
+                log.warning("handler.retry_scheduled", error=attempt["error_class"], message=attempt["message"],
+                            status=attempt["status"], retry_in_s=first_wait, retry_job_id=retry_job.id)
+            if final:
+                stats.bump(pipe, prefix, "processed")
+            pipe.execute()
+            return
+        pipe = rt.redis.pipeline(transaction=False)
+        rt.deduper.settle(event["id"], handler.name, "done", pipeline=pipe, final=final)
+        if final:
+            stats.bump(pipe, prefix, "processed")
+        pipe.execute()
+        log.info("handler.done", duration_ms=round((time.monotonic() - started) * 1000, 3))
+
+
+def run_handler(task: dict[str, Any]) -> None:
+    rt = runtime.get()
+    job = get_current_job()
+    event, name = task["event"], task["handler"]
+    attempt_no = len((job.meta or {}).get("attempts", [])) + 1 if job else 1
+    hl_logging.clear()
+    hl_logging.bind(
+        request_id=(task.get("delivery") or {}).get("id"),
+        delivery_id=event.get("delivery_id"),
+        source=event.get("source"),
+        provider=event.get("provider"),
+        event_id=event["id"],
+        event_type=event.get("type"),
+        handler=name,
+        attempt=attempt_no,
+        job_id=job.id if job else None,
+    )
+    handler = rt.handlers.get(name)
+    if handler is None:
+        raise PermanentError(f"handler {name!r} is not configured in this worker")
+    started = time.monotonic()
+    handler(event)
+    log.info("handler.done", duration_ms=round((time.monotonic() - started) * 1000, 3))
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def attempt_record(exc: BaseException, started: float | datetime | None, rt: runtime.Runtime) -> dict[str, Any]:
+    if isinstance(started, datetime):
+        ref = started if started.tzinfo else started.replace(tzinfo=UTC)
+        duration = (datetime.now(UTC) - ref).total_seconds() * 1000
+    elif isinstance(started, float):
+        duration = (time.monotonic() - started) * 1000
+    else:
+        duration = None
+    return {
+        "at": utc_now_iso(),
+        "error_class": type(exc).__name__,
+        "message": rt.redact(str(exc))[:2000],
+        "status": getattr(exc, "status", None),
+        "duration_ms": round(duration, 3) if duration is not None else None,
+    }
+
+
+def dead_letter_entry(rt: runtime.Runtime, *, entry_id: str, stage: str, exc: BaseException, tb: Any,
+                      attempts: list[dict], event: dict | None, delivery: dict | None, handler: str | None,
+                      replays: list[dict]) -> dict[str, Any]:
+    last = attempts[-1] if attempts else attempt_record(exc, None, rt)
+    return {
+        "id": entry_id,
+        "stage": stage,
+        "died_at": utc_now_iso(),
+        "source": (event or {}).get("source") or (delivery or {}).get("source"),
+        "provider": (event or {}).get("provider") or (delivery or {}).get("provider"),
+        "event_id": (event or {}).get("id"),
+        "event_type": (event or {}).get("type"),
+        "handler": handler,
+        "error": {"class": last["error_class"], "message": last["message"], "status": last["status"]},
+        "attempts": attempts,
+        "traceback": rt.redact("".join(traceback.format_exception(type(exc), exc, tb)))[-20000:],
+        "event": event,
+        "delivery": delivery,
+        "replays": replays,
+    }
+
+
+def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """RQ exception handler: runs before RQ decides between retry and failed (and for abandoned jobs)."""
+    if job.func_name not in (PROCESS_DELIVERY, RUN_HANDLER):
+        return None
+    rt = runtime.get()
+    meta = job.meta if job.meta is not None else {}
+    attempts = meta.setdefault("attempts", [])
+    attempts.append(attempt_record(exc, job.started_at, rt))
+    job.meta = meta
+    if is_permanent(exc):
+        job.retries_left = 0  # RQ has no "do not retry": this is how a permanent error skips the rest
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after and job.retries_left and job.retry_intervals:
+        index = max(len(job.retry_intervals) - job.retries_left, 0)
+        if index < len(job.retry_intervals):
+            job.retry_intervals[index] = max(job.retry_intervals[index], retry_after)
+
+    arg = job.args[0] if job.args else {}
+    is_handler = job.func_name == RUN_HANDLER
+    with hl_logging.bound(job_id=job.id, attempt=len(attempts)):
+        if job.retries_left and job.retries_left > 0:
+            job.save_meta()
+            log.warning("job.retry_scheduled", stage="handler" if is_handler else "delivery",
+                        error=exc_type.__name__, message=attempts[-1]["message"], retries_left=job.retries_left)
+            return None
+        if is_handler:
+            stage, event, delivery, handler = "handler", arg.get("event"), arg.get("delivery"), arg.get("handler")
+        else:
+            stage = "normalize" if isinstance(exc, NormalizeFailed) else "delivery"
+            event, delivery, handler = None, arg, None
+        entry = dead_letter_entry(rt, entry_id=job.id, stage=stage, exc=exc, tb=tb, attempts=attempts,
+                                  event=event, delivery=delivery, handler=handler,
+                                  replays=list(meta.get("replays") or []))
+        pipe = rt.redis.pipeline(transaction=True)
+        deadletters.add(rt.redis, rt.config, entry, pipeline=pipe)
+        if is_handler and event:
+            rt.deduper.settle(event["id"], handler, "dead", pipeline=pipe)
+        stats.bump(pipe, rt.config.redis.prefix, "dead_lettered")
+        pipe.execute()
+        job.save_meta()
+        log.error("job.dead_lettered", stage=stage, handler=handler, error=exc_type.__name__,
+                  message=attempts[-1]["message"], attempts=len(attempts))
+    return None
