@@ -20,10 +20,13 @@ from shared.config import Config
 from shared.envelope import Delivery
 
 SERIALIZER = JSONSerializer
+# Seconds a finished job's hash is kept. Not 0: with 0, RQ 3.0 deletes the job on success and
+# re-reads every execution it ever had; after a worker was SIGKILLed that execution's hash has
+# expired, Execution.fetch raises, and a successful re-run is recorded as a failure
+# (tests/test_worker_processes.py). With >0 RQ only sets an EXPIRE: its common, tested path.
+RESULT_TTL = 1
 PROCESS_DELIVERY = "workers.jobs.process_delivery"
 RUN_HANDLER = "workers.jobs.run_handler"
-# RQ's retry schedule for a delivery job whose worker died or hit a Redis error.
-DELIVERY_RETRY_INTERVALS = (5, 30, 120, 600)
 
 
 def queue_name(config: Config) -> str:
@@ -49,10 +52,10 @@ def delivery_job_mapping(delivery: Delivery, config: Config, *, delivery_json: s
         "origin": queue_name(config),
         "description": f"process_delivery({delivery.source}, {delivery.id})",
         "timeout": str(config.worker.job_timeout_seconds),
-        "result_ttl": "0",
+        "result_ttl": str(RESULT_TTL),
         "failure_ttl": str(config.dead_letters.retention_days * 86400 or 365 * 86400),
         "retries_left": str(attempts - 1),
-        "retry_intervals": "[" + ", ".join(str(i) for i in DELIVERY_RETRY_INTERVALS) + "]",
+        "retry_intervals": _intervals_json(config),
         "success_callback_name": "",
         "failure_callback_name": "",
         "stopped_callback_name": "",
@@ -62,6 +65,10 @@ def delivery_job_mapping(delivery: Delivery, config: Config, *, delivery_json: s
         "worker_name": "",
         "group_id": "",
     }
+
+
+def _intervals_json(config: Config) -> str:
+    return "[" + ", ".join(f"{i:g}" for i in config.worker.delivery_retry_intervals) + "]"
 
 
 def enqueue_delivery(redis: Redis, delivery: Delivery, config: Config) -> None:
@@ -121,7 +128,7 @@ def enqueue_handler_job(
         serializer=SERIALIZER,
         id=job_id,
         timeout=config.worker.job_timeout_seconds,
-        result_ttl=0,
+        result_ttl=RESULT_TTL,
         failure_ttl=config.dead_letters.retention_days * 86400 or 365 * 86400,
         description=f"run_handler({task['handler']}, {task['event']['id']})",
         meta={"attempts": list(prior_attempts), "replays": list(replays or [])},
@@ -157,11 +164,11 @@ def enqueue_delivery_replay(
         serializer=SERIALIZER,
         id=job_id,
         timeout=config.worker.job_timeout_seconds,
-        result_ttl=0,
+        result_ttl=RESULT_TTL,
         failure_ttl=config.dead_letters.retention_days * 86400 or 365 * 86400,
         description=f"process_delivery({envelope.get('source')}, {envelope.get('id')}) replay",
         meta={"attempts": list(prior_attempts), "replays": list(replays)},
-        retry=Retry(max=config.worker.delivery_max_attempts - 1, interval=list(DELIVERY_RETRY_INTERVALS))
+        retry=Retry(max=config.worker.delivery_max_attempts - 1, interval=list(config.worker.delivery_retry_intervals))
         if config.worker.delivery_max_attempts > 1 else None,
         origin=queue.name,
     )

@@ -7,12 +7,16 @@ the contract), its line below, and ``tests/fixtures/<name>/``;
 
 from __future__ import annotations
 
-from shared.providers import volumereach
+from shared.providers import voicekit, voipbin, volubile, volumereach, voxpria
 from shared.providers.base import Provider
 
 PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in (
         volumereach.PROVIDER,
+        voxpria.PROVIDER,
+        volubile.PROVIDER,
+        voipbin.PROVIDER,
+        voicekit.PROVIDER,
     )
 }

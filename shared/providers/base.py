@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -140,6 +141,8 @@ def to_iso(value: Any) -> str | None:
     try:
         if isinstance(value, int | float) or (isinstance(value, str) and value.strip().isdigit()):
             n = float(value)
+            if not math.isfinite(n) or n < 0:
+                return None
             # Magnitude tells the unit: s (1e9), ms (1e12), µs (1e15), ns (1e18).
             while n > 1e11:
                 n /= 1000.0
@@ -158,13 +161,13 @@ def to_iso(value: Any) -> str | None:
 def to_seconds(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+    if isinstance(value, int | float | str):
         try:
-            return float(value)
+            n = float(value)
         except ValueError:
             return None
+        # "nan"/"inf" parse as floats but are not JSON: an event must always serialise.
+        return n if math.isfinite(n) else None
     return None
 
 
@@ -244,3 +247,30 @@ def dict_or_empty(value: Any) -> dict[str, Any]:
 
 def lowercase_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {k.lower(): v for k, v in items}
+
+
+def require_name(payload: Mapping[str, Any], key: str, provider: str) -> str:
+    """The provider's event name from `key`: a non-empty string, or NormalizeError (never KeyError)."""
+    name = payload.get(key)
+    if not isinstance(name, str) or not name.strip():
+        raise NormalizeError(f"{provider} payload has no {key!r} name")
+    return name
+
+
+def identity_of(body: bytes, *parts: Any) -> str:
+    """``part:part:…`` when every part is present, else the SHA-256 of the raw body.
+
+    A missing part would make unrelated events collide on the same key, and the
+    body hash is the PRODUCT.md fallback: a redelivery still maps to itself.
+    """
+    texts = [_id_text(p) for p in parts]
+    if not texts or any(t is None for t in texts):
+        return sha256_hex(body)
+    return ":".join(t for t in texts if t is not None)
+
+
+def _id_text(value: Any) -> str | None:
+    # Only scalars identify anything; an object or list where an id belongs is not one.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return as_str(value)

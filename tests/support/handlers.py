@@ -1,0 +1,66 @@
+"""Python handlers the worker tests route events to (importable as `support.handlers:NAME`).
+
+In-process tests read CALLS and steer FAIL; subprocess workers record into the
+Redis at HOOKLANE_TEST_REDIS_URL instead, since they share no memory with the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import redis
+
+from workers.errors import PermanentError, TransientError
+
+CALLS: list[tuple[str, dict[str, Any]]] = []
+# handler name -> list of outcomes to play, one per call: "ok", "transient", "permanent", "crash", "bug"
+SCRIPT: dict[str, list[str]] = {}
+
+
+class SimulatedCrash(BaseException):
+    """Not an Exception: escapes every `except Exception`, like a worker dying mid-handler."""
+
+
+def _play(name: str, event: dict[str, Any]) -> None:
+    outcome = SCRIPT.get(name, []).pop(0) if SCRIPT.get(name) else "ok"
+    if outcome == "transient":
+        raise TransientError(f"{name} down", status=503)
+    if outcome == "permanent":
+        raise PermanentError(f"{name} refused", status=400)
+    if outcome == "crash":
+        raise SimulatedCrash(name)
+    if outcome == "bug":
+        raise KeyError("oops")
+    CALLS.append((name, event))
+
+
+def first(event: dict[str, Any]) -> None:
+    _play("first", event)
+
+
+def second(event: dict[str, Any]) -> None:
+    _play("second", event)
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["HOOKLANE_TEST_REDIS_URL"])
+
+
+def hang_once(event: dict[str, Any]) -> None:
+    """First call anywhere announces itself and hangs (to be SIGKILLed); later calls record."""
+    r = _redis()
+    if r.set("test:hang-once", "1", nx=True):
+        r.rpush("test:started", event["id"])
+        time.sleep(120)
+    r.rpush("test:calls", json.dumps(event))
+
+
+def slow(event: dict[str, Any]) -> None:
+    """Announces itself, takes 2 s, then records: lets a test send SIGTERM mid-job."""
+    r = _redis()
+    r.rpush("test:started", event["id"])
+    time.sleep(2)
+    r.rpush("test:calls", json.dumps(event))

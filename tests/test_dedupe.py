@@ -1,0 +1,48 @@
+"""The dedupe claim's state table (workers/dedupe.py) on a real Redis: it runs a Lua script."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.dedupe import DUPLICATE, NEW, RESUME, Deduper, seen_key
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def dedupe(real_redis) -> Deduper:
+    return Deduper(real_redis, "hl", window_seconds=3600)
+
+
+def test_the_first_delivery_of_an_event_claims_it(dedupe):
+    assert dedupe.claim("vr:e1", "delivery-a").state == NEW
+
+
+def test_another_delivery_of_the_same_event_is_a_duplicate(dedupe):
+    dedupe.claim("vr:e1", "delivery-a")
+    assert dedupe.claim("vr:e1", "delivery-b").state == DUPLICATE
+
+
+def test_the_same_delivery_again_resumes_with_its_settled_handlers(dedupe):
+    dedupe.claim("vr:e1", "delivery-a")
+    dedupe.settle("vr:e1", "crm", "done")
+    dedupe.settle("vr:e1", "dnc", "retrying")
+    claim = dedupe.claim("vr:e1", "delivery-a")
+    assert claim.state == RESUME and claim.settled == {"crm", "dnc"}
+
+
+def test_the_same_delivery_after_it_finished_is_a_duplicate(dedupe):
+    dedupe.claim("vr:e1", "delivery-a")
+    dedupe.settle("vr:e1", "crm", "done", final=True)
+    assert dedupe.claim("vr:e1", "delivery-a").state == DUPLICATE
+
+
+def test_a_claim_expires_with_the_dedupe_window(real_redis):
+    dedupe = Deduper(real_redis, "hl", window_seconds=120)
+    dedupe.claim("vr:e1", "delivery-a")
+    assert 0 < real_redis.ttl(seen_key("hl", "vr:e1")) <= 120
+
+
+def test_distinct_events_do_not_interfere(dedupe):
+    dedupe.claim("vr:e1", "delivery-a")
+    assert dedupe.claim("vr:e2", "delivery-b").state == NEW

@@ -1,0 +1,218 @@
+"""The worker pipeline against a real Redis: ingest's job -> RQ worker -> handlers -> retries -> dead letters."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from rq import Queue
+from rq.registry import ScheduledJobRegistry
+from support import handlers as th
+
+from ingest.app import create_app
+from shared import deadletters
+from shared.config import Config
+from shared.jobs import SERIALIZER
+from shared.providers import volumereach
+from workers import runtime
+from workers.main import build_worker
+
+pytestmark = pytest.mark.redis
+
+CONFIG = """
+[worker]
+backoff_base_seconds = 0.2
+backoff_multiplier = 1
+backoff_cap_seconds = 0.2
+backoff_jitter = 0
+delivery_retry_intervals = [0]
+
+[[sources]]
+name = "vr"
+provider = "volumereach"
+secrets = ["env:VR_SECRET"]
+
+[handlers.first]
+type = "python"
+target = "support.handlers:first"
+max_attempts = 3
+
+[handlers.second]
+type = "python"
+target = "support.handlers:second"
+max_attempts = 3
+
+[[routes]]
+events = ["call.*"]
+handlers = ["first", "second"]
+"""
+
+
+@pytest.fixture
+def cfg(make_config: Callable[..., Config], real_redis: redis.Redis, redis_server) -> Config:
+    return make_config(CONFIG, redis_url=redis_server.url)
+
+
+@pytest.fixture(autouse=True)
+def _reset_handlers() -> Iterator[None]:
+    th.CALLS.clear()
+    th.SCRIPT.clear()
+    yield
+    runtime.install(None)
+
+
+def payload(call_id: str = "call_1", outcome: str = "INTERESTED") -> bytes:
+    body = volumereach.samples()["call.completed"]
+    body["data"] = {**body["data"], "call_id": call_id, "outcome": outcome}
+    return json.dumps(body).encode()
+
+
+def deliver(cfg: Config, r: redis.Redis, body: bytes, delivery_id: str = "dlv-1") -> str:
+    client = create_app(cfg, r).test_client()
+    headers = {**volumereach.sign(body, b"vr-secret-current"), "X-Webhook-Delivery-Id": delivery_id}
+    resp = client.post("/webhooks/vr", data=body, headers=headers)
+    assert resp.status_code == 200, resp.json
+    return resp.json["id"]
+
+
+def drain(cfg: Config, r: redis.Redis, *, until: Callable[[], bool] | None = None, timeout: float = 10.0) -> None:
+    """Run burst workers (each one first moves due scheduled retries back) until `until` or the queue is idle."""
+    deadline = time.monotonic() + timeout
+    scheduled = ScheduledJobRegistry(queue=Queue("hooklane", connection=r, serializer=SERIALIZER))
+    while True:
+        build_worker(cfg, redis=r).work(burst=True, with_scheduler=True)
+        if until is not None and until():
+            return
+        if until is None and scheduled.count == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("pipeline did not settle in time")
+        time.sleep(0.1)
+
+
+def calls(name: str) -> list[dict[str, Any]]:
+    return [e for n, e in th.CALLS if n == name]
+
+
+def test_an_accepted_delivery_reaches_every_routed_handler_as_a_canonical_event(cfg, real_redis):
+    deliver(cfg, real_redis, payload("call_42"))
+    drain(cfg, real_redis)
+    for name in ("first", "second"):
+        [event] = calls(name)
+        assert event["id"] == "vr:call.completed:call_42"
+        assert event["type"] == "call.completed"
+        assert event["delivery_id"] == "dlv-1"
+        assert event["call"]["phone"] == "+15551234567"
+
+
+def test_a_redelivered_event_fans_out_only_once(cfg, real_redis):
+    deliver(cfg, real_redis, payload("call_7"), delivery_id="dlv-a")
+    deliver(cfg, real_redis, payload("call_7"), delivery_id="dlv-b")
+    drain(cfg, real_redis)
+    assert len(calls("first")) == 1 and len(calls("second")) == 1
+
+
+def test_distinct_events_are_not_mistaken_for_duplicates(cfg, real_redis):
+    deliver(cfg, real_redis, payload("call_1"))
+    deliver(cfg, real_redis, payload("call_2"))
+    drain(cfg, real_redis)
+    assert sorted(e["call"]["id"] for e in calls("first")) == ["call_1", "call_2"]
+
+
+def test_a_delivery_job_that_crashes_mid_fanout_is_rerun_and_still_delivers(cfg, real_redis):
+    # The crash happens after the dedupe claim and after `first` succeeded: the re-run of the
+    # same delivery must not be taken for a duplicate, and must not run `first` again.
+    th.SCRIPT["second"] = ["crash"]
+    deliver(cfg, real_redis, payload("call_9"))
+    drain(cfg, real_redis, until=lambda: len(calls("second")) == 1)
+    assert len(calls("first")) == 1
+    assert len(calls("second")) == 1
+    assert deadletters.count(real_redis, cfg) == 0
+
+
+def test_a_transient_failure_is_retried_with_backoff_and_only_that_handler_reruns(cfg, real_redis):
+    th.SCRIPT["second"] = ["transient", "transient"]
+    deliver(cfg, real_redis, payload("call_3"))
+    drain(cfg, real_redis, until=lambda: len(calls("second")) == 1)
+    assert len(calls("first")) == 1, "a handler that succeeded must not run again"
+    assert deadletters.count(real_redis, cfg) == 0
+
+
+def test_a_permanent_failure_is_dead_lettered_at_once_with_its_event_and_delivery(cfg, real_redis):
+    th.SCRIPT["first"] = ["permanent"]
+    deliver(cfg, real_redis, payload("call_4"))
+    drain(cfg, real_redis)
+    [entry] = deadletters.list_entries(real_redis, cfg)
+    assert entry["stage"] == "handler" and entry["handler"] == "first"
+    assert len(entry["attempts"]) == 1
+    assert entry["error"] == {"class": "PermanentError", "message": "first refused", "status": 400}
+    assert entry["event"]["id"] == "vr:call.completed:call_4"
+    assert json.loads(__import__("base64").b64decode(entry["delivery"]["body_b64"])) == json.loads(payload("call_4"))
+    assert "PermanentError" in entry["traceback"]
+    assert len(calls("second")) == 1, "the other handler still ran"
+
+
+def test_exhausted_retries_are_dead_lettered_with_every_attempt(cfg, real_redis):
+    th.SCRIPT["second"] = ["transient", "bug", "transient"]
+    deliver(cfg, real_redis, payload("call_5"))
+    drain(cfg, real_redis, until=lambda: deadletters.count(real_redis, cfg) == 1)
+    [entry] = deadletters.list_entries(real_redis, cfg)
+    assert [a["error_class"] for a in entry["attempts"]] == ["TransientError", "KeyError", "TransientError"]
+    assert entry["attempts"][0]["status"] == 503
+    assert all(a["at"].endswith("Z") for a in entry["attempts"])
+    assert calls("second") == []
+    assert len(calls("first")) == 1
+
+
+def test_retries_wait_in_rq_scheduled_registry_between_attempts(cfg, real_redis):
+    th.SCRIPT["second"] = ["transient"]
+    deliver(cfg, real_redis, payload("call_6"))
+    build_worker(cfg, redis=real_redis).work(burst=True, with_scheduler=False)
+    queue = Queue("hooklane", connection=real_redis, serializer=SERIALIZER)
+    registry = ScheduledJobRegistry(queue=queue)
+    [job_id] = registry.get_job_ids()
+    job = queue.fetch_job(job_id)
+    assert job.func_name == "workers.jobs.run_handler"
+    assert job.meta["attempts"][0]["error_class"] == "TransientError"
+    assert job.retries_left == 1  # max_attempts 3: the inline attempt, this job, one retry
+
+
+def test_a_body_that_is_not_json_is_dead_lettered_at_stage_normalize(cfg, real_redis):
+    deliver(cfg, real_redis, b'{"event": "call.completed", "data": ')
+    drain(cfg, real_redis)
+    [entry] = deadletters.list_entries(real_redis, cfg)
+    assert entry["stage"] == "normalize"
+    assert entry["error"]["class"] == "NormalizeFailed"
+    assert entry["event"] is None and entry["delivery"]["source"] == "vr"
+    assert len(entry["attempts"]) == 1, "a permanent normalize failure is not retried"
+
+
+def test_an_event_no_route_matches_is_counted_not_failed(make_config, redis_server, real_redis):
+    cfg = make_config(CONFIG.replace('events = ["call.*"]', 'events = ["campaign.*"]'), redis_url=redis_server.url)
+    deliver(cfg, real_redis, payload("call_8"))
+    drain(cfg, real_redis)
+    assert th.CALLS == []
+    assert deadletters.count(real_redis, cfg) == 0
+    from shared import stats
+
+    assert stats.recent(real_redis, "hooklane", "unrouted") == 1
+
+
+def test_a_replayed_handler_dead_letter_runs_only_that_handler_with_history_kept(cfg, real_redis):
+    th.SCRIPT["second"] = ["permanent"]
+    deliver(cfg, real_redis, payload("call_10"))
+    drain(cfg, real_redis)
+    [entry] = deadletters.list_entries(real_redis, cfg)
+    th.SCRIPT["second"] = ["permanent"]
+    deadletters.replay(real_redis, cfg, entry["id"])
+    drain(cfg, real_redis)
+    [again] = deadletters.list_entries(real_redis, cfg)
+    assert len(again["attempts"]) == 2 and len(again["replays"]) == 1
+    deadletters.replay(real_redis, cfg, again["id"])
+    drain(cfg, real_redis)
+    assert deadletters.count(real_redis, cfg) == 0
+    assert len(calls("second")) == 1 and len(calls("first")) == 1

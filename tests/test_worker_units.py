@@ -1,0 +1,79 @@
+"""Worker pieces without Redis: backoff, normalize failures, error typing, redaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from shared.config import WorkerConfig
+from shared.envelope import Delivery
+from shared.providers.base import to_iso, to_seconds
+from shared.redaction import Redactor
+from workers.backoff import delays
+from workers.errors import NormalizeFailed, PermanentError, TransientError, is_permanent
+from workers.jobs import normalize
+
+
+def delivery(body: bytes, provider: str = "volumereach") -> Delivery:
+    return Delivery(id="0" * 32, source="vr", provider=provider, received_at="2026-01-01T00:00:00.000000Z", body=body)
+
+
+def test_default_backoff_spans_roughly_a_day_over_eight_attempts():
+    waits = delays(WorkerConfig(backoff_jitter=0), 7)
+    assert waits[:4] == [60, 240, 960, 3840]
+    assert waits[-1] == 8 * 3600, "capped"
+    assert 18 * 3600 < sum(waits) < 26 * 3600
+
+
+def test_backoff_jitter_stays_within_its_fraction_and_varies():
+    cfg = WorkerConfig(backoff_jitter=0.2)
+    runs = [delays(cfg, 3, random.Random(seed)) for seed in range(50)]
+    for waits in runs:
+        for wait, base in zip(waits, (60, 240, 960), strict=True):
+            assert base * 0.8 <= wait <= base * 1.2
+    assert len({tuple(w) for w in runs}) > 40, "jitter spreads retries apart"
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe{}", b'{"event": "call.completed", "x": Infinity}',
+                                  b'{"event": "call.completed", "x": NaN}', b"[1, 2]", b'{"data": {}}'])
+def test_unreadable_bodies_fail_normalize_permanently(body):
+    with pytest.raises(NormalizeFailed) as info:
+        normalize(delivery(body))
+    assert is_permanent(info.value)
+
+
+def test_a_normalizer_bug_is_a_permanent_normalize_failure_not_a_crash(monkeypatch):
+    from shared.providers import PROVIDERS
+
+    def broken(payload, d):
+        raise KeyError("call_id")
+
+    provider = PROVIDERS["volumereach"]
+    monkeypatch.setitem(PROVIDERS, "volumereach", dataclasses.replace(provider, normalize=broken))
+    with pytest.raises(NormalizeFailed, match="KeyError"):
+        normalize(delivery(b'{"event": "call.completed", "data": {}}'))
+
+
+def test_timestamps_and_durations_that_are_not_finite_become_null():
+    assert to_iso(float("inf")) is None
+    assert to_iso(float("nan")) is None
+    assert to_iso(-5) is None
+    assert to_seconds("inf") is None and to_seconds("nan") is None
+    assert to_iso(1_700_000_000_000) == "2023-11-14T22:13:20.000000Z", "milliseconds are recognised"
+
+
+def test_error_types_say_whether_to_retry():
+    assert is_permanent(PermanentError("x"))
+    assert not is_permanent(TransientError("x"))
+    assert not is_permanent(KeyError("bug")), "an unknown exception is retried, not dropped"
+
+
+def test_redactor_masks_every_configured_secret_in_text(make_config):
+    cfg = make_config()
+    text = "failed with vr-secret-current and vb-url-token-123 and whsec_xyz789 inside"
+    out = Redactor.from_config(cfg)(text)
+    for secret in ("vr-secret-current", "vb-url-token-123", "whsec_xyz789"):
+        assert secret not in out
+    assert out.count("[redacted]") == 3
