@@ -98,7 +98,7 @@ class Filters:
             return False
         if self.provider and e.get("provider") != self.provider:
             return False
-        if self.type:
+        if self.type and self.type != "*":
             et = e.get("event_type") or ""
             if not (et == self.type or (self.type.endswith(".*") and et.startswith(self.type[:-1]))):
                 return False
@@ -180,6 +180,8 @@ def replay(redis: Redis, config: Config, entry_id: str, *, dry_run: bool = False
             if raw is None:
                 raise ReplayConflict(f"dead letter {entry_id} not found (already replayed or purged)")
             entry = json.loads(raw)
+            if entry["stage"] == "handler" and entry.get("handler") not in config.handlers:
+                raise ReplayConflict(f"handler {entry.get('handler')!r} is no longer configured")
             job_id = uuid.uuid4().hex
             plan = {"entry_id": entry_id, "job_id": job_id, "stage": entry["stage"], "handler": entry.get("handler"),
                     "event_id": entry.get("event_id")}
@@ -191,9 +193,7 @@ def replay(redis: Redis, config: Config, entry_id: str, *, dry_run: bool = False
             ]
             pipe.multi()
             if entry["stage"] == "handler":
-                handler = config.handlers.get(entry["handler"])
-                if handler is None:
-                    raise ReplayConflict(f"handler {entry['handler']!r} is no longer configured")
+                handler = config.handlers[entry["handler"]]
                 jobs.enqueue_handler_job(
                     redis, pipe, config,
                     task={"event": entry["event"], "handler": entry["handler"], "delivery": entry["delivery"]},

@@ -77,3 +77,17 @@ def test_redactor_masks_every_configured_secret_in_text(make_config):
     for secret in ("vr-secret-current", "vb-url-token-123", "whsec_xyz789"):
         assert secret not in out
     assert out.count("[redacted]") == 3
+
+
+def test_a_sentinel_redis_url_is_accepted_by_the_config(make_config):
+    cfg = make_config(env={"REDIS_URL": "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0"},
+                      redis_url="redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0")
+    assert cfg.redis.url.startswith("redis+sentinel://")
+
+
+def test_dead_letter_type_filter_star_matches_everything():
+    from shared.deadletters import Filters
+
+    assert Filters(type="*").match({"event_type": "call.completed"})
+    assert Filters(type="call.*").match({"event_type": "call.failed"})
+    assert not Filters(type="call.*").match({"event_type": "campaign.started"})
