@@ -16,16 +16,18 @@ from typing import Any
 
 import redis
 from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import Rule
 
 from ingest import metrics
+from ingest.admin import register_admin
 from ingest.auth import authenticate, client_ip
 from shared import logging as hl_logging
 from shared.config import Config
-from shared.envelope import Delivery, utc_now_iso
+from shared.envelope import Delivery, log_delivery_id, utc_now_iso
 from shared.jobs import enqueue_delivery
 from shared.providers import PROVIDERS
-from shared.providers.base import VerificationError, sha256_hex
+from shared.providers.base import VerificationError
 from shared.redisconn import connect
 
 log = hl_logging.get_logger("hooklane.ingest")
@@ -39,6 +41,32 @@ def _answer(status: int, reason: str, **extra: Any) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype=_JSON)
 
 
+def _read_body(limit: int) -> bytes:
+    """The raw body, or RequestEntityTooLarge (413) past `limit` bytes, with or without Content-Length.
+
+    werkzeug enforces MAX_CONTENT_LENGTH on a chunked body (no Content-Length) by
+    silently truncating it at the limit; a truncated body would then be queued as if
+    it were the delivery. Reading one byte past the limit tells the two apart.
+    """
+    if request.content_length is not None:
+        return request.get_data(cache=False)  # werkzeug already answered 413 past the limit
+    environ = request.environ
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # a server that does not frame chunked bodies: nothing can be read safely
+    stream = environ["wsgi.input"]
+    chunks: list[bytes] = []
+    remaining = limit + 1
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    if remaining <= 0:
+        raise RequestEntityTooLarge()
+    return b"".join(chunks)
+
+
 def create_app(
     config: Config,
     redis_client: redis.Redis | None = None,
@@ -47,12 +75,16 @@ def create_app(
 ) -> Flask:
     app = Flask("hooklane.ingest")
     app.config["MAX_CONTENT_LENGTH"] = config.ingest.max_body_bytes
+    # werkzeug would answer /webhooks//x with an HTML 308 to /webhooks/x; a webhook sender wants a plain 404.
+    app.url_map.merge_slashes = False
     conn = redis_client if redis_client is not None else connect(config.redis.url, socket_timeout=2.0)
     app.extensions["hooklane"] = {"config": config, "redis": conn}
     retry_after = str(config.ingest.retry_after_seconds)
+    max_body = config.ingest.max_body_bytes
 
     def webhook(source: str, path_token: str | None = None) -> Response:
         started = time.perf_counter()
+        hl_logging.clear()  # first: no line of this request may carry the previous request's ids
         src = config.sources.get(source)
         if src is None:
             return _answer(404, "unknown source")
@@ -63,12 +95,11 @@ def create_app(
             resp = _answer(405, f"method {request.method} not accepted by source {src.name}")
             resp.headers["Allow"] = ", ".join(allowed)
             return resp
-        body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        body = _read_body(max_body)
         headers = {k.lower(): v for k, v in request.headers.items()}
         ip = client_ip(request.remote_addr or "", headers.get("x-forwarded-for"), config.ingest.trusted_proxies)
         token = path_token if path_token is not None else request.args.get("token")
         delivery_id = headers.get(provider.delivery_id_header) if provider.delivery_id_header else None
-        hl_logging.clear()
         hl_logging.bind(source=src.name, provider=provider.name)
         try:
             authenticate(src, provider, body=body, headers=headers, token=token, ip=ip, now=clock)
@@ -98,7 +129,7 @@ def create_app(
             client_ip=ip,
             delivery_id=delivery_id,
         )
-        hl_logging.bind(request_id=delivery.id, delivery_id=delivery_id or f"sha256:{sha256_hex(body)[:16]}")
+        hl_logging.bind(request_id=delivery.id, delivery_id=log_delivery_id(delivery_id, body))
         try:
             enqueue_delivery(conn, delivery, config)
         except redis.RedisError as exc:
@@ -112,16 +143,18 @@ def create_app(
         metrics.LATENCY.labels(src.name).observe(latency_ms / 1000)
         return _answer(200, "queued", id=delivery.id)
 
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    app.add_url_rule("/webhooks/<source>", "webhook", webhook, methods=methods, provide_automatic_options=False)
-    app.add_url_rule("/webhooks/<source>/<path_token>", "webhook_token", webhook, methods=methods,
-                     provide_automatic_options=False)
+    # Rules without a method list match every method (TRACE, PROPFIND, ...), so the view answers 404 for an
+    # unknown source and 405 with the source's own Allow, instead of werkzeug's list of the rule's methods.
+    app.url_map.add(Rule("/webhooks/<source>", endpoint="webhook"))
+    app.url_map.add(Rule("/webhooks/<source>/<path_token>", endpoint="webhook"))
+    app.view_functions["webhook"] = webhook
 
-    @app.get("/healthz")
+    # No automatic OPTIONS: its empty text/html 200 would be the one non-JSON answer.
+    @app.get("/healthz", provide_automatic_options=False)
     def healthz() -> Response:
         return _answer(200, "alive")
 
-    @app.get("/readyz")
+    @app.get("/readyz", provide_automatic_options=False)
     def readyz() -> Response:
         try:
             conn.ping()
@@ -131,7 +164,7 @@ def create_app(
             return resp
         return _answer(200, "ready")
 
-    @app.get("/metrics")
+    @app.get("/metrics", provide_automatic_options=False)
     def metrics_view() -> Response:
         data, content_type = metrics.render(conn, config)
         return Response(data, mimetype=content_type)
@@ -156,4 +189,5 @@ def create_app(
             metrics.DELIVERIES.labels(source, str(resp.status_code)).inc()
         return resp
 
+    register_admin(app, config, conn)
     return app

@@ -1,17 +1,21 @@
 """Prometheus metrics of the ingest process.
 
 With several gunicorn workers, set PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py
-does) so every worker's counters are summed at scrape time.
+does) so every worker's counters are summed at scrape time. The queue gauges
+(shared.queue_metrics) are read from Redis on each scrape, in both modes.
+
+Labels are config-bounded (source names) or fixed texts (HTTP status, the
+verification reason strings of shared.providers.base / ingest.auth): never a
+client-chosen value, never a secret.
 """
 
 from __future__ import annotations
 
-import os
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from redis import Redis
 
 from shared.config import Config
+from shared.queue_metrics import build_registry
 
 DELIVERIES = Counter("hooklane_ingest_deliveries_total", "Deliveries answered, by source and HTTP status",
                      ["source", "status"])
@@ -24,10 +28,5 @@ LATENCY = Histogram("hooklane_ingest_latency_seconds", "Time from request start 
 
 
 def render(redis: Redis, config: Config) -> tuple[bytes, str]:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
-
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The /metrics body and content type: counters of every ingest process plus the queue gauges."""
+    return generate_latest(build_registry(redis, config)), CONTENT_TYPE_LATEST

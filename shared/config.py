@@ -76,8 +76,9 @@ class WorkerConfig:
     abandoned_grace_seconds: int = 30
     # How often some worker sweeps for abandoned jobs (RQ's maintenance interval).
     maintenance_interval_seconds: int = 30
-    # Delivery jobs retried when a worker dies or Redis blips mid-job.
+    # Delivery jobs retried when a worker dies or Redis blips mid-job, after these waits (seconds).
     delivery_max_attempts: int = 5
+    delivery_retry_intervals: tuple[float, ...] = (5, 30, 120, 600)
     # Backoff for handler retries: base * multiplier**n, capped, ±jitter (workers/backoff.py).
     backoff_base_seconds: float = 60.0
     backoff_multiplier: float = 4.0
@@ -197,10 +198,10 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     rd = r.table("redis")
     rd.only("url", "prefix")
     url = env.get("REDIS_URL") or rd.str("url", RedisConfig.url)
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
         # Blame where the value came from; never echo it (managed services put the password in it).
         where = "REDIS_URL" if env.get("REDIS_URL") else rd.key("url")
-        raise ConfigError(f"{where}: must start with redis://, rediss:// or unix://")
+        raise ConfigError(f"{where}: must start with redis://, rediss://, unix:// or redis+sentinel://")
     redis = RedisConfig(url=url, prefix=rd.name("prefix", RedisConfig.prefix))
 
     ig = r.table("ingest")
@@ -217,6 +218,9 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     worker_class = wk.str("worker_class", d.worker_class)
     if worker_class not in ("simple", "fork"):
         raise ConfigError(f"{wk.key('worker_class')}: must be 'simple' or 'fork', got {worker_class!r}")
+    jitter = wk.float("backoff_jitter", d.backoff_jitter, minimum=0.0)
+    if jitter >= 1:
+        raise ConfigError(f"{wk.key('backoff_jitter')}: must be below 1 (it is a ± fraction of each wait)")
     worker = WorkerConfig(
         dedupe_window_seconds=wk.int("dedupe_window_seconds", d.dedupe_window_seconds, minimum=1),
         job_timeout_seconds=wk.int("job_timeout_seconds", d.job_timeout_seconds, minimum=1),
@@ -225,10 +229,11 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
             "maintenance_interval_seconds", d.maintenance_interval_seconds, minimum=1
         ),
         delivery_max_attempts=wk.int("delivery_max_attempts", d.delivery_max_attempts, minimum=1),
+        delivery_retry_intervals=wk.float_list("delivery_retry_intervals", d.delivery_retry_intervals),
         backoff_base_seconds=wk.float("backoff_base_seconds", d.backoff_base_seconds, minimum=0.0),
         backoff_multiplier=wk.float("backoff_multiplier", d.backoff_multiplier, minimum=1.0),
         backoff_cap_seconds=wk.float("backoff_cap_seconds", d.backoff_cap_seconds, minimum=0.0),
-        backoff_jitter=wk.float("backoff_jitter", d.backoff_jitter, minimum=0.0),
+        backoff_jitter=jitter,
         worker_class=worker_class,
         metrics_port=wk.int("metrics_port", None, minimum=1) if "metrics_port" in wk.data else None,
     )
@@ -455,6 +460,13 @@ class _Reader:
         if isinstance(v, bool) or not isinstance(v, int | float) or v < minimum:
             raise ConfigError(f"{self.key(k)}: must be a number >= {minimum}, got {v!r}")
         return float(v)
+
+    def float_list(self, k: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        v = self.data.get(k, list(default))
+        if (not isinstance(v, list) or not v
+                or not all(isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in v)):
+            raise ConfigError(f"{self.key(k)}: must be a non-empty list of numbers >= 0")
+        return tuple(float(x) for x in v)
 
     def str_list(self, k: str, required: bool = False) -> list[str]:
         if k not in self.data:

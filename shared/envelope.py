@@ -27,6 +27,7 @@ so a replay sees exactly what ingest saw.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,6 +103,11 @@ class Delivery:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise EnvelopeError(f"delivery envelope is not JSON: {exc}") from None
+
+
+def log_delivery_id(provider_delivery_id: str | None, body: bytes) -> str:
+    """The delivery id bound on every log line, ingest and worker alike: the provider's, else a body hash."""
+    return provider_delivery_id or "sha256:" + hashlib.sha256(body).hexdigest()[:16]
 
 
 def utc_now_iso() -> str:

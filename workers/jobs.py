@@ -18,6 +18,7 @@ on_failure(job, ...)            the worker's exception handler (also called by R
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import traceback
@@ -30,11 +31,11 @@ from rq.job import Job
 from shared import deadletters, stats
 from shared import logging as hl_logging
 from shared.config import HandlerConfig
-from shared.envelope import Delivery, EnvelopeError, utc_now_iso
+from shared.envelope import Delivery, EnvelopeError, log_delivery_id, utc_now_iso
 from shared.events import Event
 from shared.jobs import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
 from shared.providers import PROVIDERS
-from workers import runtime
+from workers import metrics, runtime
 from workers.backoff import delays
 from workers.errors import NormalizeFailed, PermanentError, is_permanent
 
@@ -49,13 +50,18 @@ def normalize(delivery: Delivery) -> Event:
     if provider is None:
         raise NormalizeFailed(f"unknown provider {delivery.provider!r}")
     try:
-        payload = json.loads(delivery.body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        payload = json.loads(delivery.body, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise NormalizeFailed(f"body is not JSON: {exc}") from exc
     try:
         return provider.normalize(payload, delivery)
     except Exception as exc:  # noqa: BLE001 - any normalizer failure is permanent for this body; replay after a fix
         raise NormalizeFailed(f"{delivery.provider} normalizer: {type(exc).__name__}: {exc}") from exc
+
+
+def _refuse_constant(name: str) -> float:
+    # NaN/Infinity are not JSON (RFC 8259); accepting them would put non-JSON in every event we send.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _read_delivery(envelope: Any) -> Delivery:
@@ -71,16 +77,18 @@ def _read_delivery(envelope: Any) -> Delivery:
 def process_delivery(envelope: dict[str, Any]) -> None:
     rt = runtime.get()
     job = get_current_job()
+    metrics.replay_started(job, "delivery")
     delivery = _read_delivery(envelope)
     hl_logging.clear()
     hl_logging.bind(
         request_id=delivery.id,
-        delivery_id=delivery.delivery_id,
+        delivery_id=log_delivery_id(delivery.delivery_id, delivery.body),
         source=delivery.source,
         provider=delivery.provider,
         job_id=job.id if job else None,
     )
     event = normalize(delivery)
+    metrics.EVENTS_NORMALIZED.labels(event.provider, event.type).inc()
     hl_logging.bind(event_id=event.id, event_type=event.type)
     prefix = rt.config.redis.prefix
 
@@ -90,6 +98,7 @@ def process_delivery(envelope: dict[str, Any]) -> None:
         pipe = rt.redis.pipeline(transaction=False)
         stats.bump(pipe, prefix, "duplicates")
         pipe.execute()
+        metrics.DUPLICATES.labels(event.source).inc()
         return
 
     targets = rt.config.handlers_for(event.type, event.source)
@@ -131,6 +140,8 @@ def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, An
                 stats.bump(pipe, prefix, "dead_lettered")
                 log.error("handler.dead_lettered", error=attempt["error_class"], message=attempt["message"],
                           status=attempt["status"])
+                metrics.handler_attempt(handler.name, metrics.DEAD_LETTER, attempt["duration_ms"] / 1000)
+                metrics.dead_lettered("handler", handler.name)
             else:
                 waits = delays(rt.config.worker, handler.max_attempts - 1)
                 first_wait = max(waits[0], getattr(exc, "retry_after", None) or 0.0)
@@ -144,6 +155,7 @@ def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, An
                 stats.bump(pipe, prefix, "retries")
                 log.warning("handler.retry_scheduled", error=attempt["error_class"], message=attempt["message"],
                             status=attempt["status"], retry_in_s=first_wait, retry_job_id=retry_job.id)
+                metrics.handler_attempt(handler.name, metrics.RETRY, attempt["duration_ms"] / 1000)
             if final:
                 stats.bump(pipe, prefix, "processed")
             pipe.execute()
@@ -154,17 +166,20 @@ def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, An
             stats.bump(pipe, prefix, "processed")
         pipe.execute()
         log.info("handler.done", duration_ms=round((time.monotonic() - started) * 1000, 3))
+        metrics.handler_attempt(handler.name, metrics.OK, time.monotonic() - started)
 
 
 def run_handler(task: dict[str, Any]) -> None:
     rt = runtime.get()
     job = get_current_job()
+    metrics.replay_started(job, "handler")
     event, name = task["event"], task["handler"]
     attempt_no = len((job.meta or {}).get("attempts", [])) + 1 if job else 1
     hl_logging.clear()
     hl_logging.bind(
         request_id=(task.get("delivery") or {}).get("id"),
-        delivery_id=event.get("delivery_id"),
+        delivery_id=log_delivery_id(event.get("delivery_id"),
+                                    base64.b64decode((task.get("delivery") or {}).get("body_b64", ""))),
         source=event.get("source"),
         provider=event.get("provider"),
         event_id=event["id"],
@@ -179,6 +194,7 @@ def run_handler(task: dict[str, Any]) -> None:
     started = time.monotonic()
     handler(event)
     log.info("handler.done", duration_ms=round((time.monotonic() - started) * 1000, 3))
+    metrics.handler_attempt(name, metrics.OK, time.monotonic() - started)
 
 
 # --------------------------------------------------------------------------- failures
@@ -247,6 +263,8 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
             job.save_meta()
             log.warning("job.retry_scheduled", stage="handler" if is_handler else "delivery",
                         error=exc_type.__name__, message=attempts[-1]["message"], retries_left=job.retries_left)
+            if is_handler:
+                metrics.handler_attempt(arg.get("handler"), metrics.RETRY, _seconds(attempts[-1]))
             return None
         if is_handler:
             stage, event, delivery, handler = "handler", arg.get("event"), arg.get("delivery"), arg.get("handler")
@@ -265,4 +283,11 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
         job.save_meta()
         log.error("job.dead_lettered", stage=stage, handler=handler, error=exc_type.__name__,
                   message=attempts[-1]["message"], attempts=len(attempts))
+        if is_handler:
+            metrics.handler_attempt(handler, metrics.DEAD_LETTER, _seconds(attempts[-1]))
+        metrics.dead_lettered(stage, handler)
     return None
+
+
+def _seconds(attempt: dict[str, Any]) -> float | None:
+    return attempt["duration_ms"] / 1000 if attempt.get("duration_ms") is not None else None

@@ -7,9 +7,10 @@ which loses the job if the process dies right after the pop (rq#1716).
 Recovery of a job whose worker died (SIGKILL, OOM, lost machine): the job sits
 in the StartedJobRegistry with an expiry of `job_timeout_seconds +
 abandoned_grace_seconds`; some worker's maintenance pass (every
-`maintenance_interval_seconds`) finds it expired and runs `on_failure` with
-AbandonedJobError, then RQ retries it. So a killed job runs again within
-job_timeout + grace + maintenance interval (60 + 30 + 30 = 2 min by default).
+`maintenance_interval_seconds`, also while idle: the blocking dequeue is cut to
+that interval) finds it expired and runs `on_failure` with AbandonedJobError,
+then RQ retries it. So a killed job runs again within job_timeout + grace +
+maintenance interval (60 + 30 + 30 = 2 min by default), as long as one worker runs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import socket
 import uuid
 from typing import Any
 
+from prometheus_client.exposition import ThreadingWSGIServer
 from rq import SimpleWorker, Worker
 
 from shared import logging as hl_logging
@@ -44,6 +46,14 @@ class _Grace:
         remaining = (job.timeout or 60) - working_time
         return int(min(remaining, self.job_monitoring_interval)) + self.abandoned_grace  # type: ignore[attr-defined]
 
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        try:
+            return super().execute_job(job, queue)  # type: ignore[misc]
+        finally:
+            # A job binds its ids; without this, RQ's next "dequeued" line and an abandoned job's on_failure
+            # (run by maintenance, not by a job) would carry the previous job's request_id and event_id.
+            hl_logging.clear()
+
 
 class HooklaneSimpleWorker(_Grace, SimpleWorker):
     """Runs jobs in the worker process: ~3.5x the throughput of forking per job (docs/benchmarks.md)."""
@@ -55,7 +65,10 @@ class HooklaneForkWorker(_Grace, Worker):
 
 def build_worker(config: Config, *, redis: Any = None, name: str | None = None) -> Worker | SimpleWorker:
     conn = redis if redis is not None else connect(config.redis.url, socket_timeout=None)
-    runtime.install(runtime.Runtime.build(config, conn))
+    rt = runtime.Runtime.build(config, conn)
+    runtime.install(rt)
+    # RQ logs a failing job's traceback itself: mask the configured secrets there too, whatever a handler raised.
+    hl_logging.add_secret_values(rt.redact.values)
     cls = HooklaneSimpleWorker if config.worker.worker_class == "simple" else HooklaneForkWorker
     worker = cls(
         [rq_queue(conn, config)],
@@ -64,18 +77,46 @@ def build_worker(config: Config, *, redis: Any = None, name: str | None = None) 
         serializer=SERIALIZER,
         exception_handlers=[jobs.on_failure],
         maintenance_interval=config.worker.maintenance_interval_seconds,
+        # An idle worker blocks in BLMOVE for worker_ttl - 15 s and only runs maintenance between
+        # dequeues; RQ's default (420 s) would let an abandoned job wait ~7 min for recovery.
+        worker_ttl=config.worker.maintenance_interval_seconds + 15,
         job_monitoring_interval=min(30, config.worker.job_timeout_seconds),
     )
     worker.abandoned_grace = config.worker.abandoned_grace_seconds
     return worker
 
 
-def run(config: Config, *, burst: bool = False, with_scheduler: bool = True, name: str | None = None) -> bool:
-    """Work until SIGTERM (finish the current job, then exit) or, with `burst`, until the queue is empty."""
+def start_metrics_server(config: Config, worker: Worker | SimpleWorker, port: int, *, redis: Any = None,
+                         addr: str = "0.0.0.0") -> ThreadingWSGIServer:
+    """Serve /metrics (this process's counters + the queue gauges) and /healthz on `port`, from a daemon thread."""
+    from shared.queue_metrics import build_registry
+    from workers import metrics
+
+    # Its own connection with a timeout: the worker's blocks without one, and a scrape must not hang on Redis.
+    scrape_redis = redis if redis is not None else connect(config.redis.url, socket_timeout=2.0)
+
+    def health() -> dict[str, Any]:
+        return {"worker": worker.name, "state": worker.get_state()}
+
+    server = metrics.serve(port, build_registry(scrape_redis, config), health, addr=addr)
+    log.info("worker.metrics_listening", port=server.server_port, paths=["/metrics", "/healthz"])
+    return server
+
+
+def run(config: Config, *, burst: bool = False, with_scheduler: bool = True, name: str | None = None,
+        metrics_port: int | None = None) -> bool:
+    """Work until SIGTERM (finish the current job, then exit) or, with `burst`, until the queue is empty.
+
+    `metrics_port` (else `[worker] metrics_port`) serves /metrics and /healthz for this process; give each
+    worker process on a host its own port.
+    """
     hl_logging.configure()
     worker = build_worker(config, name=name)
     log.info("worker.starting", worker=worker.name, queue=rq_queue(worker.connection, config).name,
              worker_class=config.worker.worker_class, burst=burst)
+    port = metrics_port if metrics_port is not None else config.worker.metrics_port
+    if port:
+        start_metrics_server(config, worker, port)
     # RQ installs its own SIGTERM handler: a warm shutdown, the current job finishes first.
     return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=os.environ.get(
         "HOOKLANE_LOG_LEVEL", "INFO").upper())

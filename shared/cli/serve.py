@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--burst", action="store_true", help="exit once the queue is empty (tests, batch jobs)")
     w.add_argument("--no-scheduler", action="store_true", help="do not run RQ's scheduler in this process")
     w.add_argument("--name", help="worker name (default: hooklane-<host>-<pid>-<random>)")
+    w.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve /metrics and /healthz of this worker on PORT (default: [worker] metrics_port, off)")
     w.set_defaults(func=worker)
 
 
@@ -49,5 +51,6 @@ def worker(args: argparse.Namespace) -> int:
     from workers.main import run
 
     config = load_config(args)
-    ok = run(config, burst=args.burst, with_scheduler=not args.no_scheduler, name=args.name)
+    ok = run(config, burst=args.burst, with_scheduler=not args.no_scheduler, name=args.name,
+             metrics_port=args.metrics_port)
     return 0 if ok or args.burst else 1

@@ -1,0 +1,354 @@
+"""Logs that follow one delivery from ingest to its handlers, and that never carry a secret.
+
+What is asserted is the rendered output the production handler writes to stderr (captured with capsys), so
+stdlib loggers (rq, werkzeug, gunicorn, urllib3) are checked in the same form an operator sees them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import redis
+from conftest import BASE_CONFIG, TEST_ENV, RedisServer, free_port
+from rq.logutils import setup_loghandlers
+
+from ingest.app import create_app
+from shared import deadletters
+from shared import logging as hl_logging
+from shared.config import Config
+from shared.providers import volumereach
+from workers import runtime
+from workers.main import build_worker
+
+NOW_BODY = {
+    "event": "call.completed",
+    "data": {"call_id": "call_corr_1", "outcome": "INTERESTED",
+             "transcript": "Agent: hello\nJane: the full transcript is only in the body",
+             "contact": {"name": "Jane Smith", "phone": "+15551234567"}},
+}
+
+
+@pytest.fixture(autouse=True)
+def _logging(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Masking registered by one test (build_worker registers the config's secrets) must not help the next one.
+    monkeypatch.setattr(hl_logging, "_secret_values", ())
+    hl_logging.configure("json", "INFO")
+    capsys.readouterr()
+    yield
+    runtime.install(None)
+    hl_logging.clear()
+    hl_logging.configure("json", "INFO")
+
+
+def json_lines(capsys: pytest.CaptureFixture[str]) -> tuple[str, list[dict[str, Any]]]:
+    """Everything written to stderr, and each line parsed: a line that is not JSON fails the test."""
+    err = capsys.readouterr().err
+    lines = []
+    for raw in err.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            lines.append(json.loads(raw))
+        except json.JSONDecodeError:
+            pytest.fail(f"a log line did not go through the JSON formatter: {raw[:200]!r}")
+    return err, lines
+
+
+def named(lines: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [ln for ln in lines if ln.get("event") == event]
+
+
+def signed(body: bytes, secret: str = TEST_ENV["VR_SECRET"], delivery_id: str | None = None) -> dict[str, str]:
+    headers = volumereach.sign(body, secret.encode())
+    if delivery_id:
+        headers["X-Webhook-Delivery-Id"] = delivery_id
+    return headers
+
+
+# --------------------------------------------------------------------------- routing of stdlib loggers
+
+
+def test_rq_adds_no_plain_handler_once_configured(real_redis: redis.Redis, redis_server: RedisServer,
+                                                  make_config: Callable[..., Config],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(BASE_CONFIG, redis_url=redis_server.url)
+    build_worker(config, redis=real_redis).work(burst=True, logging_level="INFO")
+
+    for name in ("rq.worker", "rq.job"):
+        lg = logging.getLogger(name)
+        assert lg.handlers == [] and lg.propagate, f"{name} got its own handler: {lg.handlers}"
+    ours = [h for h in logging.getLogger().handlers if isinstance(h, hl_logging._StderrHandler)]
+    assert len(ours) == 1
+    _, lines = json_lines(capsys)
+    assert any(ln.get("logger") == "rq.worker" for ln in lines), "rq's own lines are missing"
+
+
+def test_configure_takes_back_loggers_rq_set_up_first(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = []
+    try:
+        setup_loghandlers("INFO", name="rq.worker")  # what `rq worker` / Worker.work does with no handler around
+        assert logging.getLogger("rq.worker").handlers and not logging.getLogger("rq.worker").propagate
+        hl_logging.configure("json", "INFO")
+    finally:
+        root.handlers[:] = [h for h in root.handlers if h not in saved] + [
+            h for h in saved if not isinstance(h, hl_logging._StderrHandler)]
+    capsys.readouterr()
+    logging.getLogger("rq.worker").info("Worker %s: started", "w1")
+    _, lines = json_lines(capsys)
+    assert [ln["event"] for ln in lines] == ["Worker w1: started"]
+
+
+def test_gunicorn_and_werkzeug_request_lines_lose_their_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    from gunicorn import glogging
+    from gunicorn.config import Config as GunicornConfig
+
+    cfg = GunicornConfig()
+    cfg.set("accesslog", "-")  # off in ingest/gunicorn.conf.py; an operator may turn it on
+    glog = glogging.Logger(cfg)
+    for lg in (glog.error_log, glog.access_log):  # what gunicorn.conf.py's logger class does after setup
+        lg.handlers[:] = []
+        lg.propagate = True
+    token = TEST_ENV["VOIPBIN_TOKEN"]
+    glog.info("Booting worker with pid: %s", 4242)
+
+    class Resp:
+        status = "401 UNAUTHORIZED"
+        sent = 57
+        headers: list[tuple[str, str]] = []
+
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": f"/webhooks/vb/{token}", "QUERY_STRING": f"token={token}",
+               "RAW_URI": f"/webhooks/vb/{token}?token={token}", "SERVER_PROTOCOL": "HTTP/1.1",
+               "REMOTE_ADDR": "10.0.0.7"}
+    glog.access(Resp(), [], environ, timedelta(milliseconds=3))
+    logging.getLogger("werkzeug").info('127.0.0.1 - - "POST /webhooks/vb/%s?token=%s HTTP/1.1" 200 -', token, token)
+
+    err, lines = json_lines(capsys)
+    assert token not in err
+    (boot,) = named(lines, "Booting worker with pid: 4242")
+    assert boot["logger"] == "gunicorn.error"
+    (access,) = [ln for ln in lines if ln.get("logger") == "gunicorn.access"]
+    assert '"POST /webhooks/vb/***?token=[redacted] HTTP/1.1" 401' in access["event"]
+    (dev,) = [ln for ln in lines if ln.get("logger") == "werkzeug"]
+    assert "/webhooks/vb/***?token=[redacted]" in dev["event"]
+
+
+def test_each_redaction_layer_on_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    log = hl_logging.get_logger("hooklane.test")
+    # 1. credential-named keys, whatever the value
+    log.info("keys", token="tok-value-1", Authorization="Bearer abc-value-2", body='{"a": "body-value-3"}')
+    # 2. URL userinfo and credential query parameters in any string, no configured secret needed
+    log.info("urls", url="https://user:pw-value-4@crm.example/x?api_key=key-value-5&page=2")
+    # 3. a configured secret value anywhere in the line, here inside a stdlib message
+    hl_logging.add_secret_values(["cfg-secret-value-6"])
+    logging.getLogger("rq.worker").error("handler said: auth failed for cfg-secret-value-6")
+    err, lines = json_lines(capsys)
+    for n in range(1, 7):
+        assert f"value-{n}" not in err, f"value-{n} leaked"
+    assert named(lines, "urls")[0]["url"] == "https://[redacted]@crm.example/x?api_key=[redacted]&page=2"
+    assert "auth failed for [redacted]" in lines[-1]["event"]
+
+
+# --------------------------------------------------------------------------- one delivery, ingest -> worker
+
+
+def test_one_delivery_carries_its_ids_from_ingest_to_every_worker_line(
+    real_redis: redis.Redis, redis_server: RedisServer, make_config: Callable[..., Config],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = make_config(BASE_CONFIG, redis_url=redis_server.url)
+    body = json.dumps(NOW_BODY).encode()
+    resp = create_app(config, real_redis).test_client().post(
+        "/webhooks/vr", data=body, headers=signed(body, delivery_id="dlv_corr_1"))
+    assert resp.status_code == 200, resp.json
+    request_id = resp.json["id"]
+
+    build_worker(config, redis=real_redis).work(burst=True)
+    _, lines = json_lines(capsys)
+
+    (accepted,) = named(lines, "delivery.accepted")
+    assert accepted["request_id"] == request_id
+    assert accepted["delivery_id"] == "dlv_corr_1"
+    assert (accepted["source"], accepted["provider"]) == ("vr", "volumereach")
+
+    worker_lines = [ln for ln in lines if ln.get("logger", "").startswith(("hooklane.worker", "hooklane.handler"))]
+    by_event = {ln["event"]: ln for ln in worker_lines}
+    assert {"event.normalized", "event.logged", "handler.done"} <= set(by_event), sorted(by_event)
+    event_id = by_event["event.normalized"]["event_id"]
+    assert event_id == by_event["event.logged"]["canonical_event"]["id"]
+    assert event_id.startswith("vr:") and "call_corr_1" in event_id
+    for ln in worker_lines:
+        assert ln["request_id"] == request_id, ln
+        assert ln["delivery_id"] == accepted["delivery_id"], ln
+        assert (ln["source"], ln["provider"]) == (accepted["source"], accepted["provider"]), ln
+        assert ln["event_id"] == event_id, ln
+        assert ln["job_id"] == request_id, ln  # the envelope id is the RQ job id
+    assert by_event["handler.done"]["handler"] == "log" and by_event["handler.done"]["attempt"] == 1
+
+    # RQ's own line about this job carries the job's context too (bound before RQ logs it).
+    rq_job_lines = [ln for ln in lines if ln.get("logger") == "rq.worker" and "Job OK" in ln["event"]]
+    assert rq_job_lines and all(ln.get("request_id") == request_id for ln in rq_job_lines)
+
+
+def test_context_of_one_job_does_not_leak_into_the_next(
+    real_redis: redis.Redis, redis_server: RedisServer, make_config: Callable[..., Config],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = make_config(BASE_CONFIG, redis_url=redis_server.url)
+    client = create_app(config, real_redis).test_client()
+    ids = []
+    for n in (1, 2):
+        body = json.dumps({**NOW_BODY, "data": {**NOW_BODY["data"], "call_id": f"call_seq_{n}"}}).encode()
+        resp = client.post("/webhooks/vr", data=body, headers=signed(body, delivery_id=f"dlv_seq_{n}"))
+        ids.append(resp.json["id"])
+
+    build_worker(config, redis=real_redis).work(burst=True)
+    _, lines = json_lines(capsys)
+    # RQ's "dequeued" line for job 2 is written after job 1 ran: it must not claim job 1's ids.
+    second_pickup = [ln for ln in lines if ln.get("logger") == "rq.worker" and ids[1] in ln["event"]
+                     and "Job OK" not in ln["event"]]
+    assert second_pickup
+    for ln in second_pickup:
+        assert ln.get("request_id") in (None, ids[1]), ln
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+class _Failing(BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        _Failing.hits.append(self.path)
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def failing_crm() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    _Failing.hits = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_port
+    server.shutdown()
+    server.server_close()
+
+
+CRM_PASSWORD = "crm-PASSWORD-7f3a9c"
+CRM_API_KEY = "crm-APIKEY-51d2e8"
+DOWN_PASSWORD = "down-PASSWORD-b4c2"
+DOWN_API_KEY = "down-APIKEY-9e1f"
+HEADER_KEY = "hdr-KEY-0a9b8c7d"
+WRONG_TOKEN = "wrong-TOKEN-presented-1234"
+
+REDACTION_CONFIG = """
+[worker]
+backoff_base_seconds = 0
+backoff_cap_seconds = 0
+backoff_jitter = 0
+
+[[sources]]
+name = "vr"
+provider = "volumereach"
+secrets = ["env:VR_SECRET", "env:VR_SECRET_OLD"]
+
+[[sources]]
+name = "vb"
+provider = "voipbin"
+token = "env:VOIPBIN_TOKEN"
+
+[handlers.log]
+type = "log"
+
+[handlers.crm]
+type = "http"
+url = "http://crmuser:{crm_password}@127.0.0.1:{crm_port}/hook?api_key={crm_api_key}"
+secret = "env:CRM_SECRET"
+max_attempts = 2
+headers = {{ "X-Api-Key" = "{header_key}" }}
+
+[handlers.down]
+type = "http"
+url = "http://downuser:{down_password}@127.0.0.1:{down_port}/hook?api_key={down_api_key}"
+max_attempts = 1
+connect_timeout_seconds = 0.5
+
+[[routes]]
+events = ["*"]
+handlers = ["log"]
+
+[[routes]]
+events = ["call.*"]
+sources = ["vr"]
+handlers = ["crm", "down"]
+"""
+
+
+def test_no_secret_signature_or_body_in_any_line_from_accept_to_dead_letter(
+    real_redis: redis.Redis, redis_server: RedisServer, make_config: Callable[..., Config],
+    failing_crm: int, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # DEBUG: the levels at which libraries (rq, urllib3) print arguments and URLs are the ones to check.
+    hl_logging.configure("json", "DEBUG")
+    config = make_config(REDACTION_CONFIG.format(
+        crm_password=CRM_PASSWORD, crm_port=failing_crm, crm_api_key=CRM_API_KEY, header_key=HEADER_KEY,
+        down_password=DOWN_PASSWORD, down_port=free_port(), down_api_key=DOWN_API_KEY,
+    ), redis_url=redis_server.url)
+    client = create_app(config, real_redis).test_client()
+    body = json.dumps(NOW_BODY).encode()
+    good = signed(body, delivery_id="dlv_redact_1")
+    forged = signed(body, secret="an-attacker-secret")
+    vb_body = json.dumps({"type": "call_hungup", "data": {"id": "vb-call-1", "status": "hangup"}}).encode()
+    not_an_event = json.dumps({"data": {"call_id": "x"}, "note": "no event name: normalize fails"}).encode()
+
+    answers = [
+        client.post("/webhooks/vr", data=body, headers=good).status_code,                      # accept
+        client.post("/webhooks/vr", data=body, headers=forged).status_code,                    # bad signature
+        client.post(f"/webhooks/vb/{TEST_ENV['VOIPBIN_TOKEN']}", data=vb_body).status_code,    # path token
+        client.post(f"/webhooks/vb?token={WRONG_TOKEN}", data=vb_body).status_code,            # wrong token
+        client.post("/webhooks/vr", data=not_an_event, headers=signed(not_an_event)).status_code,
+    ]
+    assert answers == [200, 401, 200, 401, 200]
+    build_worker(config, redis=real_redis).work(burst=True)
+    logging.getLogger("werkzeug").info('127.0.0.1 - - "POST /webhooks/vb/%s HTTP/1.1" 200 -',
+                                       TEST_ENV["VOIPBIN_TOKEN"])
+    err, lines = json_lines(capsys)
+
+    # The paths under test really ran: without them a clean log would prove nothing.
+    assert len(named(lines, "delivery.accepted")) == 3 and len(named(lines, "delivery.refused")) == 2
+    assert named(lines, "handler.retry_scheduled") and named(lines, "job.dead_lettered")
+    assert named(lines, "handler.dead_lettered") and named(lines, "handler.done")
+    assert len(_Failing.hits) == 2, "the crm handler did not reach the server twice"
+    stages = sorted((e["stage"], e["handler"]) for e in deadletters.list_entries(real_redis, config))
+    assert stages == [("handler", "crm"), ("handler", "down"), ("normalize", None)]
+    assert any(ln.get("logger") == "urllib3.connectionpool" for ln in lines), "DEBUG lines were not captured"
+
+    forbidden = {
+        **{f"TEST_ENV[{k}]": v for k, v in TEST_ENV.items()},
+        "crm url password": CRM_PASSWORD, "crm url api key": CRM_API_KEY, "crm header": HEADER_KEY,
+        "down url password": DOWN_PASSWORD, "down url api key": DOWN_API_KEY,
+        "presented wrong token": WRONG_TOKEN,
+        "signature header": good["X-Webhook-Signature"], "forged signature": forged["X-Webhook-Signature"],
+        "signature digest": good["X-Webhook-Signature"].removeprefix("sha256="),
+        "full body": body.decode(), "full body (base64)": base64.b64encode(body).decode(),
+        "full body (JSON-escaped)": json.dumps(body.decode())[1:-1],
+        "vb body": vb_body.decode(), "normalize-failed body": not_an_event.decode(),
+        "normalize-failed body (JSON-escaped)": json.dumps(not_an_event.decode())[1:-1],
+    }
+    for what, value in forbidden.items():
+        for raw in err.splitlines():
+            assert value not in raw, f"{what} leaked into a log line: {raw[:300]}"
