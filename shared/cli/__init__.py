@@ -14,7 +14,7 @@ from shared.cli import config_cmd, serve
 
 COMMANDS = [serve, config_cmd]
 
-for _optional in ("dlq", "send", "stats", "dev"):
+for _optional in ("dlq", "send", "stats", "dev", "sink"):
     try:
         COMMANDS.append(__import__(f"shared.cli.{_optional}", fromlist=["register"]))
     except ModuleNotFoundError as exc:
