@@ -121,52 +121,62 @@ def process_delivery(envelope: dict[str, Any]) -> None:
 
 def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, Any], envelope: dict[str, Any],
                 job: Job | None, *, final: bool) -> None:
-    prefix = rt.config.redis.prefix
+    """A handler's first attempt, inside the delivery job; a failure is handed on, never dropped."""
     started = time.monotonic()
     with hl_logging.bound(handler=handler.name, attempt=1):
         try:
             rt.handlers[handler.name](event)
         except Exception as exc:  # noqa: BLE001 - any handler failure becomes a retry job or a dead letter below
             attempt = attempt_record(exc, started, rt)
+            # One transaction: the hand-off and the "settled" mark land together or not at all.
             pipe = rt.redis.pipeline(transaction=True)
             if is_permanent(exc) or handler.max_attempts <= 1:
-                entry = dead_letter_entry(
-                    rt, entry_id=f"{job.id if job else 'inline'}-{handler.name}", stage="handler", exc=exc,
-                    tb=exc.__traceback__, attempts=[attempt], event=event, delivery=envelope,
-                    handler=handler.name, replays=[],
-                )
-                deadletters.add(rt.redis, rt.config, entry, pipeline=pipe)
-                rt.deduper.settle(event["id"], handler.name, "dead", pipeline=pipe, final=final)
-                stats.bump(pipe, prefix, "dead_lettered")
-                log.error("handler.dead_lettered", error=attempt["error_class"], message=attempt["message"],
-                          status=attempt["status"])
-                metrics.handler_attempt(handler.name, metrics.DEAD_LETTER, attempt["duration_ms"] / 1000)
-                metrics.dead_lettered("handler", handler.name)
+                _dead_letter_inline(rt, pipe, handler, event, envelope, job, exc, attempt, final=final)
             else:
-                waits = delays(rt.config.worker, handler.max_attempts - 1)
-                first_wait = max(waits[0], getattr(exc, "retry_after", None) or 0.0)
-                retry_job = enqueue_handler_job(
-                    rt.redis, pipe, rt.config,
-                    task={"event": event, "handler": handler.name, "delivery": envelope},
-                    prior_attempts=[attempt], retries=handler.max_attempts - 2, delay=first_wait,
-                    intervals=waits[1:],
-                )
-                rt.deduper.settle(event["id"], handler.name, "retrying", pipeline=pipe, final=final)
-                stats.bump(pipe, prefix, "retries")
-                log.warning("handler.retry_scheduled", error=attempt["error_class"], message=attempt["message"],
-                            status=attempt["status"], retry_in_s=first_wait, retry_job_id=retry_job.id)
-                metrics.handler_attempt(handler.name, metrics.RETRY, attempt["duration_ms"] / 1000)
+                _schedule_retry(rt, pipe, handler, event, envelope, exc, attempt, final=final)
             if final:
-                stats.bump(pipe, prefix, "processed")
+                stats.bump(pipe, rt.config.redis.prefix, "processed")
             pipe.execute()
             return
         pipe = rt.redis.pipeline(transaction=False)
         rt.deduper.settle(event["id"], handler.name, "done", pipeline=pipe, final=final)
         if final:
-            stats.bump(pipe, prefix, "processed")
+            stats.bump(pipe, rt.config.redis.prefix, "processed")
         pipe.execute()
         log.info("handler.done", duration_ms=round((time.monotonic() - started) * 1000, 3))
         metrics.handler_attempt(handler.name, metrics.OK, time.monotonic() - started)
+
+
+def _dead_letter_inline(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, event: dict[str, Any],
+                        envelope: dict[str, Any], job: Job | None, exc: Exception, attempt: dict[str, Any],
+                        *, final: bool) -> None:
+    entry = dead_letter_entry(
+        rt, entry_id=f"{job.id if job else 'inline'}-{handler.name}", stage="handler", exc=exc,
+        tb=exc.__traceback__, attempts=[attempt], event=event, delivery=envelope, handler=handler.name, replays=[],
+    )
+    deadletters.add(rt.redis, rt.config, entry, pipeline=pipe)
+    rt.deduper.settle(event["id"], handler.name, "dead", pipeline=pipe, final=final)
+    stats.bump(pipe, rt.config.redis.prefix, "dead_lettered")
+    log.error("handler.dead_lettered", error=attempt["error_class"], message=attempt["message"],
+              status=attempt["status"])
+    metrics.handler_attempt(handler.name, metrics.DEAD_LETTER, attempt["duration_ms"] / 1000)
+    metrics.dead_lettered("handler", handler.name)
+
+
+def _schedule_retry(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, event: dict[str, Any],
+                    envelope: dict[str, Any], exc: Exception, attempt: dict[str, Any], *, final: bool) -> None:
+    waits = delays(rt.config.worker, handler.max_attempts - 1)
+    first_wait = max(waits[0], getattr(exc, "retry_after", None) or 0.0)
+    retry_job = enqueue_handler_job(
+        rt.redis, pipe, rt.config,
+        task={"event": event, "handler": handler.name, "delivery": envelope},
+        prior_attempts=[attempt], retries=handler.max_attempts - 2, delay=first_wait, intervals=waits[1:],
+    )
+    rt.deduper.settle(event["id"], handler.name, "retrying", pipeline=pipe, final=final)
+    stats.bump(pipe, rt.config.redis.prefix, "retries")
+    log.warning("handler.retry_scheduled", error=attempt["error_class"], message=attempt["message"],
+                status=attempt["status"], retry_in_s=first_wait, retry_job_id=retry_job.id)
+    metrics.handler_attempt(handler.name, metrics.RETRY, attempt["duration_ms"] / 1000)
 
 
 def run_handler(task: dict[str, Any]) -> None:
