@@ -59,16 +59,17 @@ class NormalizeError(ValueError):
 @dataclass(frozen=True)
 class Provider:
     name: str
-    # HTTP methods the provider may be configured to call with.
-    methods: tuple[str, ...]
-    # Lower-case request headers the workers need (kept in the envelope).
-    forward_headers: tuple[str, ...]
-    delivery_id_header: str | None
     event_types: Mapping[str, str]
     normalize: Callable[[Any, Delivery], Event]
     samples: Callable[[], dict[str, dict[str, Any]]]
+    # None for providers that do not sign: their sources authenticate by URL token and/or IP.
     verify: Callable[..., None] | None = None
     sign: Callable[..., dict[str, str]] | None = None
+    # HTTP methods the provider may be configured to call with.
+    methods: tuple[str, ...] = ("POST",)
+    # Lower-case request headers the workers need (kept in the envelope).
+    forward_headers: tuple[str, ...] = ()
+    delivery_id_header: str | None = None
 
     @property
     def signs(self) -> bool:

@@ -500,8 +500,6 @@ def samples() -> dict[str, dict[str, Any]]:
 PROVIDER = Provider(
     name=NAME,
     methods=("POST", "PUT", "GET", "DELETE"),
-    forward_headers=(),
-    delivery_id_header=None,
     event_types=EVENT_TYPES,
     normalize=normalize,
     samples=samples,

@@ -139,7 +139,6 @@ def samples() -> dict[str, dict[str, Any]]:
 
 PROVIDER = Provider(
     name=NAME,
-    methods=("POST",),
     forward_headers=(DELIVERY_ID_HEADER, TIMESTAMP_HEADER),
     delivery_id_header=DELIVERY_ID_HEADER,
     event_types=EVENT_TYPES,

@@ -200,9 +200,6 @@ def samples() -> dict[str, dict[str, Any]]:
 
 PROVIDER = Provider(
     name=NAME,
-    methods=("POST",),
-    forward_headers=(),
-    delivery_id_header=None,
     event_types=EVENT_TYPES,
     normalize=normalize,
     samples=samples,
