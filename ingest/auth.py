@@ -37,9 +37,11 @@ def check_ip(source: SourceConfig, ip: str) -> None:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
         raise IPNotAllowed("client address not allowed") from None
+    candidates: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = (addr,)
     if addr.version == 6 and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    if not any(addr in net for net in source.allow_ips):
+        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; the list may name either form.
+        candidates = (addr.ipv4_mapped, addr)
+    if not any(a in net for net in source.allow_ips for a in candidates):
         raise IPNotAllowed("client address not allowed")
 
 

@@ -185,3 +185,13 @@ def config(make_config: Callable[..., Config]) -> Config:
 
 def load_fixture(provider: str, name: str) -> Any:
     return json.loads((FIXTURES / provider / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def disposable_redis() -> Iterator[RedisServer]:
+    """A private redis-server of this test's own, to stop and restart (an outage) without touching the session's."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)

@@ -1,0 +1,17 @@
+"""The WSGI entry point: ``gunicorn -c ingest/gunicorn.conf.py ingest.wsgi:app``.
+
+gunicorn imports this module in each worker after the fork (``preload_app`` is
+off), so every worker builds its own app and its own Redis connection pool from
+``HOOKLANE_CONFIG``; nothing that holds a socket crosses a fork.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from ingest.app import create_app
+from shared import config as hl_config
+from shared import logging as hl_logging
+
+hl_logging.configure()  # a no-op under gunicorn.conf.py, which configured it in the master already
+app: Flask = create_app(hl_config.load())
