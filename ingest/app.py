@@ -1,7 +1,7 @@
 """The ingest WSGI app: authenticate, enqueue the raw delivery, answer.
 
 Per request: look up the source, check method and size, authenticate over the
-raw bytes, then one Redis transaction (shared.jobs.enqueue_delivery), one log
+raw bytes, then one atomic Redis command (shared.jobs.DeliveryEnqueuer), one log
 line, and the answer. No JSON parsing beyond a first-byte sanity check, no
 handler code, no outbound calls: everything else happens in the workers.
 """
@@ -27,7 +27,7 @@ from ingest.auth import authenticate, client_ip
 from shared import logging as hl_logging
 from shared.config import Config
 from shared.envelope import Delivery, log_delivery_id, utc_now_iso
-from shared.jobs import enqueue_delivery
+from shared.jobs import DeliveryEnqueuer
 from shared.providers import PROVIDERS
 from shared.providers.base import VerificationError
 from shared.redisconn import connect
@@ -126,7 +126,9 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = config.ingest.max_body_bytes
     # werkzeug would answer /webhooks//x with an HTML 308 to /webhooks/x; a webhook sender wants a plain 404.
     app.url_map.merge_slashes = False
-    conn = redis_client if redis_client is not None else connect(config.redis.url, socket_timeout=2.0)
+    conn = redis_client if redis_client is not None else connect(config.redis.url, socket_timeout=2.0,
+                                                                 single_connection=True)
+    enqueue = DeliveryEnqueuer(config)
     app.extensions["hooklane"] = {"config": config, "redis": conn}
     retry_after = str(config.ingest.retry_after_seconds)
     max_body = config.ingest.max_body_bytes
@@ -188,7 +190,7 @@ def create_app(
         )
         hl_logging.bind(request_id=delivery.id, delivery_id=log_delivery_id(delivery_id, body))
         try:
-            enqueue_delivery(conn, delivery, config)
+            enqueue(conn, delivery)
         except redis.RedisError as exc:
             log.error("delivery.unavailable", status=503, error=type(exc).__name__, bytes=len(body))
             resp = _answer(503, "queue unavailable, retry later")

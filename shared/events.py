@@ -8,7 +8,7 @@ added; none may be renamed (PRODUCT.md, "Canonical event").
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 CANONICAL_TYPES = (
@@ -61,7 +61,12 @@ class Event:
     raw: Any  # the provider's payload as parsed JSON
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: that deep-copies `raw` (the whole payload) on every event, the
+        # costliest step of a worker's happy path when profiled. Handlers receive this dict and
+        # must treat it as read-only; the python handler gets its own copy.
+        out = {name: getattr(self, name) for name in _EVENT_FIELDS}
+        out["call"] = {name: getattr(self.call, name) for name in _CALL_FIELDS}
+        return out
 
     def to_json(self) -> str:
         return dumps(self.to_dict())
@@ -72,6 +77,10 @@ class Event:
         call = Call(**{k: v for k, v in (d.get("call") or {}).items() if k in call_fields})
         own = {f.name for f in fields(cls)} - {"call"}
         return cls(call=call, **{k: d.get(k) for k in own})
+
+
+_CALL_FIELDS = tuple(f.name for f in fields(Call))
+_EVENT_FIELDS = tuple(f.name for f in fields(Event))
 
 
 def dumps(obj: Any) -> str:

@@ -59,9 +59,16 @@ def _config_values(config: Config) -> tuple[str, ...]:
     )
 
 
+_JOB_DATA_SUFFIX = "],{}]"
+
+
+def _job_data_prefix() -> str:
+    return f'["{PROCESS_DELIVERY}",null,['
+
+
 def _job_data(delivery_json: str) -> str:
     # JSONSerializer's dumps of (func_name, instance, args, kwargs), built without re-encoding the body.
-    return f'["{PROCESS_DELIVERY}",null,[{delivery_json}],{{}}]'
+    return _job_data_prefix() + delivery_json + _JOB_DATA_SUFFIX
 
 
 def _description(delivery: Delivery) -> str:
@@ -86,52 +93,69 @@ def _intervals_json(config: Config) -> str:
     return "[" + ", ".join(f"{i:g}" for i in config.worker.delivery_retry_intervals) + "]"
 
 
-# The job hash, the queue entry and the queue's registration in one server-side step. A script runs
-# atomically like MULTI/EXEC, and Redis refuses a writing script over maxmemory before its first write,
-# so it is all or nothing too; but it is one command and one reply instead of five, and a dozen
-# arguments instead of ~45: on the ingest hot path that cut the client-side cost of the enqueue by
-# ~40% (docs/benchmarks.md). KEYS: job hash, queue list, rq:queues. ARGV: id, timestamp, data,
-# description, then _CONFIG_FIELDS' values.
-_ENQUEUE_LUA = (
-    "local stamp = ARGV[2]\n"
-    "redis.call('HSET', KEYS[1], 'status', 'queued', 'created_at', stamp, 'enqueued_at', stamp,"
-    " 'data', ARGV[3], 'description', ARGV[4], "
-    + ", ".join(f"'{f}', ARGV[{i}]" for i, f in enumerate(_CONFIG_FIELDS, start=5)) + ", "
-    + ", ".join(f"'{f}', ''" for f in _UNSET_FIELDS) + ")\n"
-    "redis.call('RPUSH', KEYS[2], ARGV[1])\n"
-    "redis.call('SADD', KEYS[3], KEYS[2])\n"
-    "return 1\n"
-)
-_ENQUEUE_SHA = hashlib.sha1(_ENQUEUE_LUA.encode()).hexdigest()
-# Clients whose server runs no scripts (EVAL renamed away, an ACL without @scripting, fakeredis
-# without lupa): they get the MULTI/EXEC transaction, equally atomic, after one failed try.
-_SCRIPTLESS: weakref.WeakSet[Redis] = weakref.WeakSet()
+def _lua_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+class DeliveryEnqueuer:
+    """Writes `process_delivery` jobs for one config, atomically, in one command per request.
+
+    The job hash, the queue entry and the queue's registration happen in one server-side
+    script, atomic like MULTI/EXEC (Redis refuses a writing script over maxmemory before its
+    first write, so it is all or nothing too). Everything constant for the config (queue,
+    timeouts, TTLs, retry budget, RQ's empty fields) is written into the script itself when
+    it is built, so a request sends only its id, timestamp, source and envelope: one command
+    about the size of a bare LPUSH of the body (docs/benchmarks.md has the figures).
+    KEYS: job hash, queue list, rq:queues. ARGV: id, timestamp, source, envelope JSON.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.queue_key = f"rq:queue:{queue_name(config)}"
+        constants = {**dict(zip(_CONFIG_FIELDS, _config_values(config), strict=True)),
+                     **dict.fromkeys(_UNSET_FIELDS, "")}
+        fields = ", ".join(f"{_lua_string(k)}, {_lua_string(v)}" for k, v in constants.items())
+        self.script = (
+            "redis.call('HSET', KEYS[1], 'status', 'queued', 'created_at', ARGV[2], 'enqueued_at', ARGV[2],"
+            f" 'data', {_lua_string(_job_data_prefix())} .. ARGV[4] .. {_lua_string(_JOB_DATA_SUFFIX)},"
+            " 'description', 'process_delivery(' .. ARGV[3] .. ', ' .. ARGV[1] .. ')', "
+            f"{fields})\n"
+            "redis.call('RPUSH', KEYS[2], ARGV[1])\n"
+            "redis.call('SADD', KEYS[3], KEYS[2])\n"
+            "return 1\n"
+        )
+        self.sha = hashlib.sha1(self.script.encode()).hexdigest()
+        # Clients whose server runs no scripts (EVAL renamed away, an ACL without @scripting, fakeredis
+        # without lupa): they get the MULTI/EXEC transaction, equally atomic, after one failed try.
+        self._scriptless: weakref.WeakSet[Redis] = weakref.WeakSet()
+
+    def __call__(self, redis: Redis, delivery: Delivery) -> None:
+        """Store the job and queue its id. Raises redis.RedisError; nothing is half-written."""
+        job_key = f"rq:job:{delivery.id}"
+        delivery_json = delivery.to_json()
+        if redis not in self._scriptless:
+            args = (job_key, self.queue_key, "rq:queues", delivery.id, rq_now(), delivery.source, delivery_json)
+            try:
+                try:
+                    redis.evalsha(self.sha, 3, *args)
+                except NoScriptError:
+                    # First call since Redis started (or SCRIPT FLUSH): EVAL runs it and caches it for EVALSHA.
+                    redis.eval(self.script, 3, *args)
+                return
+            except ResponseError as exc:
+                if not (isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")):
+                    raise
+                self._scriptless.add(redis)
+        pipe = redis.pipeline(transaction=True)
+        pipe.hset(job_key, mapping=delivery_job_mapping(delivery, self.config, delivery_json=delivery_json))
+        pipe.rpush(self.queue_key, delivery.id)
+        pipe.sadd("rq:queues", self.queue_key)
+        pipe.execute()
 
 
 def enqueue_delivery(redis: Redis, delivery: Delivery, config: Config) -> None:
-    """Atomically store the job and queue its id. Raises redis.RedisError; nothing is half-written."""
-    queue = f"rq:queue:{queue_name(config)}"
-    job_key = f"rq:job:{delivery.id}"
-    delivery_json = delivery.to_json()
-    if redis not in _SCRIPTLESS:
-        keys_and_args = (job_key, queue, "rq:queues", delivery.id, rq_now(), _job_data(delivery_json),
-                         _description(delivery), *_config_values(config))
-        try:
-            try:
-                redis.evalsha(_ENQUEUE_SHA, 3, *keys_and_args)
-            except NoScriptError:
-                # First call since Redis started (or SCRIPT FLUSH): EVAL runs it and caches it for EVALSHA.
-                redis.eval(_ENQUEUE_LUA, 3, *keys_and_args)
-            return
-        except ResponseError as exc:
-            if not (isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")):
-                raise
-            _SCRIPTLESS.add(redis)
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(job_key, mapping=delivery_job_mapping(delivery, config, delivery_json=delivery_json))
-    pipe.rpush(queue, delivery.id)
-    pipe.sadd("rq:queues", queue)
-    pipe.execute()
+    """One-off form of `DeliveryEnqueuer` (tests, benchmarks); ingest builds its enqueuer once."""
+    DeliveryEnqueuer(config)(redis, delivery)
 
 
 # --------------------------------------------------------------------------- off the hot path

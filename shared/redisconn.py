@@ -13,7 +13,11 @@ from redis import Redis
 from redis.sentinel import Sentinel
 
 
-def connect(url: str, *, socket_timeout: float | None = 5.0, connect_timeout: float = 2.0) -> Redis:
+def connect(url: str, *, socket_timeout: float | None = 5.0, connect_timeout: float = 2.0,
+            single_connection: bool = False) -> Redis:
+    """`single_connection` keeps one connection instead of a pool: for a process that serves one
+    request at a time (a gunicorn sync worker) it saves the pool's get/release on every command
+    (~20 µs of ~100, measured in docs/benchmarks.md); redis-py still locks it for threads."""
     if url.startswith("redis+sentinel://"):
         return _sentinel(url, socket_timeout, connect_timeout)
     return Redis.from_url(
@@ -21,6 +25,7 @@ def connect(url: str, *, socket_timeout: float | None = 5.0, connect_timeout: fl
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
         health_check_interval=30,
+        single_connection_client=single_connection,
     )
 
 

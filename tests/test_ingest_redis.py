@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 from ingest.app import create_app
 from shared.config import Config
 from shared.envelope import Delivery
-from shared.jobs import PROCESS_DELIVERY, RESULT_TTL, delivery_job_mapping, enqueue_delivery
+from shared.jobs import PROCESS_DELIVERY, RESULT_TTL, DeliveryEnqueuer, delivery_job_mapping, enqueue_delivery
 from shared.providers import PROVIDERS
 
 pytestmark = pytest.mark.redis
@@ -169,9 +169,10 @@ def test_enqueue_without_scripting_falls_back_to_a_transaction_once(config: Conf
         client = redis.Redis.from_url(redis_server.url, username="noscript")
         ids = ["f" * 32, "0" * 32]
         real_redis.config_resetstat()
+        enqueue = DeliveryEnqueuer(config)  # as ingest holds one per app
         for job_id in ids:
             delivery = Delivery(id=job_id, source="vr", provider="volumereach", received_at="x", body=BODY)
-            enqueue_delivery(client, delivery, config)
+            enqueue(client, delivery)
             assert _without_stamps(_hash(real_redis, job_id)) == _without_stamps(
                 delivery_job_mapping(delivery, config))
         assert assert_no_partial_jobs(real_redis) == set(ids)

@@ -91,3 +91,31 @@ def test_dead_letter_type_filter_star_matches_everything():
     assert Filters(type="*").match({"event_type": "call.completed"})
     assert Filters(type="call.*").match({"event_type": "call.failed"})
     assert not Filters(type="call.*").match({"event_type": "campaign.started"})
+
+
+def test_the_canonical_event_dict_round_trips_and_matches_its_json():
+    import json
+
+    from shared.events import Call, Event
+
+    event = Event(id="s:1", source="s", provider="p", type="call.completed", provider_type="x",
+                  occurred_at="t", received_at="t", delivery_id=None,
+                  call=Call(id="c", extraction={"a": [1]}, metadata={"m": 1}), raw={"deep": {"x": [1, 2]}})
+    d = event.to_dict()
+    assert json.loads(event.to_json()) == d
+    assert Event.from_dict(json.loads(event.to_json())) == event
+    assert set(d["call"]) == {"id", "direction", "phone", "status", "outcome", "duration_seconds", "started_at",
+                              "ended_at", "recording_url", "transcript", "summary", "extraction", "metadata"}
+
+
+def test_a_python_handler_that_mutates_its_event_does_not_change_what_the_next_handler_sees():
+    from shared.config import HandlerConfig
+    from workers.handlers.python import PythonHandler
+
+    def vandal(event):
+        event["call"]["phone"] = "changed"
+        event["raw"]["data"] = None
+
+    event = {"id": "x", "call": {"phone": "+1555"}, "raw": {"data": {"k": 1}}}
+    PythonHandler(HandlerConfig(name="v", type="python", target="m:f", callable=vandal))(event)
+    assert event == {"id": "x", "call": {"phone": "+1555"}, "raw": {"data": {"k": 1}}}

@@ -7,6 +7,7 @@ retried; any other exception is retried too (a bug should not lose the event).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from shared.config import HandlerConfig
@@ -19,4 +20,5 @@ class PythonHandler:
         self.func = cfg.callable
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self.func(event)
+        # User code may mutate what it is given; the next handler must still see the event as it was.
+        self.func(copy.deepcopy(event))
