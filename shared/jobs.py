@@ -36,11 +36,6 @@ def queue_name(config: Config) -> str:
     return config.redis.prefix
 
 
-def rq_now() -> str:
-    # RQ's own utcformat: naive UTC with microseconds and a Z.
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 # Written empty by RQ's Job.to_dict for a job that has not run yet.
 _UNSET_FIELDS = ("success_callback_name", "failure_callback_name", "stopped_callback_name", "started_at",
                  "ended_at", "last_heartbeat", "worker_name", "group_id")
@@ -77,7 +72,7 @@ def _description(delivery: Delivery) -> str:
 
 def delivery_job_mapping(delivery: Delivery, config: Config, *, delivery_json: str | None = None) -> dict[str, str]:
     """The RQ job hash for `process_delivery(delivery)`: exactly what `enqueue_delivery` writes."""
-    stamp = rq_now()
+    stamp = delivery.received_at  # already RQ's timestamp format
     return {
         "status": "queued",
         "created_at": stamp,
@@ -134,7 +129,9 @@ class DeliveryEnqueuer:
         job_key = f"rq:job:{delivery.id}"
         delivery_json = delivery.to_json()
         if redis not in self._scriptless:
-            args = (job_key, self.queue_key, "rq:queues", delivery.id, rq_now(), delivery.source, delivery_json)
+            # received_at is already in RQ's timestamp format (ISO 8601, microseconds, Z): no second clock read.
+            args = (job_key, self.queue_key, "rq:queues", delivery.id, delivery.received_at, delivery.source,
+                    delivery_json)
             try:
                 try:
                     redis.evalsha(self.sha, 3, *args)

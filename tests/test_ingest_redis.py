@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 
 from ingest.app import create_app
 from shared.config import Config
-from shared.envelope import Delivery
+from shared.envelope import Delivery, utc_now_iso
 from shared.jobs import PROCESS_DELIVERY, RESULT_TTL, DeliveryEnqueuer, delivery_job_mapping, enqueue_delivery
 from shared.providers import PROVIDERS
 
@@ -152,10 +152,10 @@ def test_enqueue_writes_exactly_delivery_job_mapping(config: Config, real_redis:
 
 def test_enqueue_reloads_its_script_after_a_script_flush(config: Config, real_redis: redis.Redis) -> None:
     # A Redis restart or failover empties the script cache; the next delivery must not fail for it.
-    first = Delivery(id="d" * 32, source="vr", provider="volumereach", received_at="x", body=BODY)
+    first = Delivery(id="d" * 32, source="vr", provider="volumereach", received_at=utc_now_iso(), body=BODY)
     enqueue_delivery(real_redis, first, config)
     real_redis.script_flush()
-    second = Delivery(id="e" * 32, source="vr", provider="volumereach", received_at="x", body=BODY)
+    second = Delivery(id="e" * 32, source="vr", provider="volumereach", received_at=utc_now_iso(), body=BODY)
     enqueue_delivery(real_redis, second, config)
     assert assert_no_partial_jobs(real_redis) == {first.id, second.id}
 
@@ -171,7 +171,7 @@ def test_enqueue_without_scripting_falls_back_to_a_transaction_once(config: Conf
         real_redis.config_resetstat()
         enqueue = DeliveryEnqueuer(config)  # as ingest holds one per app
         for job_id in ids:
-            delivery = Delivery(id=job_id, source="vr", provider="volumereach", received_at="x", body=BODY)
+            delivery = Delivery(id=job_id, source="vr", provider="volumereach", received_at=utc_now_iso(), body=BODY)
             enqueue(client, delivery)
             assert _without_stamps(_hash(real_redis, job_id)) == _without_stamps(
                 delivery_job_mapping(delivery, config))
