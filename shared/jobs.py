@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from datetime import UTC, datetime
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
@@ -48,7 +49,7 @@ def _config_values(config: Config) -> tuple[str, ...]:
         queue_name(config),
         str(config.worker.job_timeout_seconds),
         str(RESULT_TTL),
-        str(config.dead_letters.retention_days * 86400 or 365 * 86400),
+        str(_failure_ttl(config)),
         str(config.worker.delivery_max_attempts - 1),
         _intervals_json(config),
     )
@@ -184,9 +185,35 @@ def rq_queue(redis: Redis, config: Config):  # -> rq.Queue
                  default_timeout=config.worker.job_timeout_seconds)
 
 
+def _failure_ttl(config: Config) -> int:
+    # RQ's own copy of a failed job lives as long as our dead letter (a year when ours never expire).
+    return config.dead_letters.retention_days * 86400 or 365 * 86400
+
+
+def _create_job(redis: Redis, config: Config, func: str, arg: dict, *, job_id: str | None, description: str,
+                prior_attempts: list[dict], replays: list[dict] | None, retry: Any):
+    from rq.job import Job
+
+    return Job.create(
+        func,
+        args=[arg],
+        connection=redis,
+        serializer=SERIALIZER,
+        id=job_id,
+        timeout=config.worker.job_timeout_seconds,
+        result_ttl=RESULT_TTL,
+        failure_ttl=_failure_ttl(config),
+        description=description,
+        # The attempt history travels in the job, so the dead letter it may become keeps all of it.
+        meta={"attempts": list(prior_attempts), "replays": list(replays or [])},
+        retry=retry,
+        origin=queue_name(config),
+    )
+
+
 def enqueue_handler_job(
     redis: Redis,
-    pipeline,
+    pipeline: Any,
     config: Config,
     *,
     task: dict,
@@ -200,33 +227,20 @@ def enqueue_handler_job(
     """A `run_handler(task)` job with `retries` RQ retries left, queued now or after `delay` seconds.
 
     `task` = {"event": canonical event dict, "handler": name, "delivery": envelope dict}.
-    The attempt history travels in job.meta["attempts"] so a dead letter keeps all of it.
     """
     from datetime import timedelta
 
     from rq import Retry
-    from rq.job import Job
 
     from workers.backoff import delays
 
-    queue = rq_queue(redis, config)
     retry = None
     if retries > 0:
         retry = Retry(max=retries, interval=intervals if intervals is not None else delays(config.worker, retries))
-    job = Job.create(
-        RUN_HANDLER,
-        args=[task],
-        connection=redis,
-        serializer=SERIALIZER,
-        id=job_id,
-        timeout=config.worker.job_timeout_seconds,
-        result_ttl=RESULT_TTL,
-        failure_ttl=config.dead_letters.retention_days * 86400 or 365 * 86400,
-        description=f"run_handler({task['handler']}, {task['event']['id']})",
-        meta={"attempts": list(prior_attempts), "replays": list(replays or [])},
-        retry=retry,
-        origin=queue.name,
-    )
+    job = _create_job(redis, config, RUN_HANDLER, task, job_id=job_id,
+                      description=f"run_handler({task['handler']}, {task['event']['id']})",
+                      prior_attempts=prior_attempts, replays=replays, retry=retry)
+    queue = rq_queue(redis, config)
     if delay:
         queue.schedule_job(job, datetime.now(UTC) + timedelta(seconds=delay), pipeline=pipeline)
     else:
@@ -236,7 +250,7 @@ def enqueue_handler_job(
 
 def enqueue_delivery_replay(
     redis: Redis,
-    pipeline,
+    pipeline: Any,
     config: Config,
     envelope: dict,
     *,
@@ -246,23 +260,11 @@ def enqueue_delivery_replay(
 ):
     """Re-run a dead-lettered delivery (stage normalize/delivery) with a fresh attempt budget."""
     from rq import Retry
-    from rq.job import Job
 
-    queue = rq_queue(redis, config)
-    job = Job.create(
-        PROCESS_DELIVERY,
-        args=[envelope],
-        connection=redis,
-        serializer=SERIALIZER,
-        id=job_id,
-        timeout=config.worker.job_timeout_seconds,
-        result_ttl=RESULT_TTL,
-        failure_ttl=config.dead_letters.retention_days * 86400 or 365 * 86400,
-        description=f"process_delivery({envelope.get('source')}, {envelope.get('id')}) replay",
-        meta={"attempts": list(prior_attempts), "replays": list(replays)},
-        retry=Retry(max=config.worker.delivery_max_attempts - 1, interval=list(config.worker.delivery_retry_intervals))
-        if config.worker.delivery_max_attempts > 1 else None,
-        origin=queue.name,
-    )
-    queue.enqueue_job(job, pipeline=pipeline)
+    attempts = config.worker.delivery_max_attempts
+    retry = Retry(max=attempts - 1, interval=list(config.worker.delivery_retry_intervals)) if attempts > 1 else None
+    job = _create_job(redis, config, PROCESS_DELIVERY, envelope, job_id=job_id,
+                      description=f"process_delivery({envelope.get('source')}, {envelope.get('id')}) replay",
+                      prior_attempts=prior_attempts, replays=replays, retry=retry)
+    rq_queue(redis, config).enqueue_job(job, pipeline=pipeline)
     return job
