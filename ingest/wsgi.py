@@ -1,7 +1,7 @@
 """The WSGI entry point: ``gunicorn -c ingest/gunicorn.conf.py ingest.wsgi:app``.
 
 gunicorn imports this module in each worker after the fork (``preload_app`` is
-off), so every worker builds its own app and its own Redis connection pool from
+off), so every worker builds its own app and its own Redis connection from
 ``HOOKLANE_CONFIG``; nothing that holds a socket crosses a fork.
 """
 

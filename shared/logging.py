@@ -35,13 +35,14 @@ from typing import Any
 import structlog
 from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
 
+from shared.redaction import MASK, Redactor
+
 __all__ = ["configure", "get_logger", "bind", "bound", "clear", "add_secret_values", "scrub_text"]
 
 bind = bind_contextvars
 bound = bound_contextvars
 clear = clear_contextvars
 
-MASK = "[redacted]"
 
 # Keys whose values must never reach a log line, whatever a caller binds.
 _REDACT_KEYS = {"secret", "secrets", "token", "signature", "authorization", "password", "body", "api_key",
@@ -60,7 +61,7 @@ _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@\"']+:[^/\s@\"']+@")
 _PATH_TOKEN = re.compile(r"(/webhooks/[^/\s?\"']+/)[^/\s?\"'#]+")
 
 _configured: str | None = None
-_secret_values: tuple[str, ...] = ()
+_secrets = Redactor([])
 
 
 def scrub_text(text: str) -> str:
@@ -76,15 +77,10 @@ def scrub_text(text: str) -> str:
 
 def add_secret_values(values: Iterable[str]) -> None:
     """Mask these exact values in every rendered line from now on (the process's configured secrets)."""
-    global _secret_values
-    found = set(_secret_values)
-    for v in values:
-        if len(v) < 4:  # shorter values would mask half of every line
-            continue
-        found.add(v)
-        # The JSON renderer escapes quotes, backslashes and non-ASCII: match the escaped form too.
-        found.add(json.dumps(v)[1:-1])
-    _secret_values = tuple(sorted(found, key=len, reverse=True))
+    global _secrets
+    # The JSON renderer escapes quotes, backslashes and non-ASCII: match the escaped form too.
+    values = list(values)
+    _secrets = Redactor([*_secrets.values, *values, *(json.dumps(v)[1:-1] for v in values)])
 
 
 def _redact_keys(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -104,10 +100,7 @@ def _scrub_strings(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any
 
 
 def _mask_secret_values(_: Any, __: str, line: str) -> str:
-    for v in _secret_values:
-        if v in line:
-            line = line.replace(v, MASK)
-    return line
+    return _secrets(line)
 
 
 def _identity(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

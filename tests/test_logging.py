@@ -25,6 +25,7 @@ from shared import deadletters
 from shared import logging as hl_logging
 from shared.config import Config
 from shared.providers import volumereach
+from shared.redaction import Redactor
 from workers import runtime
 from workers.main import build_worker
 
@@ -39,7 +40,7 @@ NOW_BODY = {
 @pytest.fixture(autouse=True)
 def _logging(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Masking registered by one test (build_worker registers the config's secrets) must not help the next one.
-    monkeypatch.setattr(hl_logging, "_secret_values", ())
+    monkeypatch.setattr(hl_logging, "_secrets", Redactor([]))
     hl_logging.configure("json", "INFO")
     capsys.readouterr()
     yield

@@ -30,10 +30,10 @@ from shared.providers.base import (
     direction,
     first,
     hmac_sha256_hex,
+    identity_of,
     parse_hex_digest,
     require_header,
     require_object,
-    sha256_hex,
     to_iso,
     to_seconds,
 )
@@ -97,10 +97,9 @@ def normalize(payload: Any, delivery: Delivery) -> Event:
         extraction=extraction,
         metadata=dict_or_empty(data.get("metadata")),
     )
-    identity = f"{provider_type}:{call_id}" if call_id else sha256_hex(delivery.body)
     return build_event(
         delivery=delivery,
-        identity=identity,
+        identity=identity_of(delivery.body, provider_type, call_id),
         provider_type=provider_type,
         event_type=event_type,
         occurred_at=to_iso(first(payload, "timestamp", "occurred_at")) or call.ended_at,
