@@ -1,14 +1,19 @@
 """structlog, configured once for ingest, workers and the CLI.
 
 JSON lines when stderr is not a terminal (production) or HOOKLANE_LOG_FORMAT=json;
-coloured key=value lines in a terminal. The stdlib loggers of gunicorn, rq,
-werkzeug and flask go through the same renderer, so one process writes one
-format. Context (delivery_id, source, event_id, job_id, ...) is bound once per
-request or job with `bind()` (contextvars) and appears on every line after.
+coloured key=value lines in a terminal. Context (delivery_id, source, event_id,
+job_id, ...) is bound once per request or job with `bind()` (contextvars) and
+appears on every line after.
 
-Every structlog logger routes through the stdlib root logger from import time
-on, so a module-level logger used before `configure()` still ends up in the
-configured handler (structlog caches a logger's pipeline on first use).
+Two paths, one rendering:
+- hooklane's own lines (`get_logger`) are rendered by structlog and written to
+  stderr directly (`_StderrLogger`): ingest writes one per delivery, and going
+  through stdlib logging cost five times the rendering (docs/benchmarks.md);
+- the stdlib loggers of gunicorn, rq, werkzeug and flask go through the root
+  handler, whose formatter ends in the same processors (`_tail`).
+The chain is fixed at import and reads the level and renderer `configure()` set
+on every line, because structlog caches a logger's pipeline on first use and
+module-level loggers are used before `configure()` runs.
 
 Redaction, in three layers, because stdlib lines (rq's tracebacks, werkzeug's
 request lines) are free text we do not control:
@@ -29,6 +34,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -115,12 +121,73 @@ _SHARED: list[Any] = [
     _redact_keys,
 ]
 
-# Set at import, not in configure(): the chain never changes, only the stdlib formatter does, so loggers
-# cached before configure() (module-level `log = get_logger()` used at import) stay correct.
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+           "critical": logging.CRITICAL}
+
+
+class _Output:
+    """What configure() chose: the minimum level and the rendering tail. Read per line, so loggers that
+    structlog cached before configure() (a module-level `log = get_logger()` used at import) follow it."""
+
+    level = logging.INFO
+    render: Any = None  # set below, once the renderers exist
+
+
+def _drop_below_level(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    if _LEVELS.get(event_dict.get("level", "info"), logging.INFO) < _Output.level:
+        raise structlog.DropEvent
+    return event_dict
+
+
+def _render(logger: Any, method_name: str, event_dict: dict[str, Any]) -> str:
+    for processor in _Output.render:
+        event_dict = processor(logger, method_name, event_dict)
+    return event_dict  # type: ignore[return-value]  # the last processor returned the line
+
+
+class _StderrLogger:
+    """structlog's output for hooklane's own lines: one write of the rendered line to whatever sys.stderr is
+    at emit time (a redirected stream, pytest's capture).
+
+    hooklane's lines do not pass through stdlib logging: a LogRecord, its copy in ProcessorFormatter and the
+    handler's locking cost more than rendering the line (docs/benchmarks.md, "Where the time goes"), and
+    ingest writes one line per delivery. Foreign libraries' stdlib lines (gunicorn, rq, werkzeug) still go
+    through the root handler below with the same rendering tail, so a process writes one format.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str = "hooklane") -> None:
+        self.name = name
+
+    def msg(self, line: str) -> None:
+        stream = sys.stderr
+        with _WRITE_LOCK:  # a long line goes out in several writes: threads must not interleave them
+            stream.write(line + "\n")
+            stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+# One lock for both paths (the root handler below uses it too), re-created in a forked child in case
+# another thread held it at fork time (gunicorn forks its workers).
+_WRITE_LOCK = threading.RLock()
+os.register_at_fork(after_in_child=_WRITE_LOCK._at_fork_reinit)  # type: ignore[attr-defined]
+
+# Set at import, not in configure(): loggers structlog cached before configure() keep this chain, which
+# reads _Output on every line.
 structlog.configure(
-    processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-    logger_factory=structlog.stdlib.LoggerFactory(),
-    wrapper_class=structlog.stdlib.BoundLogger,
+    processors=[
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        _drop_below_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_keys,
+        _render,
+    ],
+    logger_factory=_StderrLogger,
+    wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
     cache_logger_on_first_use=True,
 )
 
@@ -131,6 +198,9 @@ class _StderrHandler(logging.StreamHandler):
     def __init__(self) -> None:
         logging.Handler.__init__(self)
 
+    def createLock(self) -> None:  # noqa: N802  (stdlib's name)
+        self.lock = _WRITE_LOCK
+
     @property
     def stream(self) -> Any:  # type: ignore[override]
         return sys.stderr
@@ -140,29 +210,40 @@ class _StderrHandler(logging.StreamHandler):
         raise AttributeError("the stream of this handler is always sys.stderr")
 
 
-def make_formatter(fmt: str) -> logging.Formatter:
-    """The formatter every handler of the process uses: structlog's and stdlib records alike."""
+def _tail(fmt: str) -> list[Any]:
+    """The processors that turn an event dict into the final line, for structlog's lines and stdlib's alike."""
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    return [
+        structlog.processors.format_exc_info if fmt == "json" else _identity,
+        _scrub_strings,
+        renderer,
+        _mask_secret_values,
+    ]
+
+
+def make_formatter(fmt: str) -> logging.Formatter:
+    """The formatter for stdlib records (gunicorn, rq, werkzeug): the same rendering as hooklane's own lines."""
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if fmt == "json" else _identity,
-            _scrub_strings,
-            renderer,
-            _mask_secret_values,
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_tail(fmt)],
     )
+
+
+def _default_format() -> str:
+    return os.environ.get("HOOKLANE_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+
+
+_Output.render = _tail(_default_format())
 
 
 def configure(fmt: str | None = None, level: str | None = None) -> None:
     """Idempotent; `fmt` is "json" or "console" (default: json unless stderr is a tty)."""
     global _configured
-    fmt = fmt or os.environ.get("HOOKLANE_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+    fmt = fmt or _default_format()
     level_name = (level or os.environ.get("HOOKLANE_LOG_LEVEL") or "INFO").upper()
     root = logging.getLogger()
     ours = [h for h in root.handlers if isinstance(h, _StderrHandler)]
@@ -174,6 +255,8 @@ def configure(fmt: str | None = None, level: str | None = None) -> None:
     # Keep handlers a test harness attached (pytest's caplog); replace anything else, ours included.
     root.handlers[:] = [h for h in root.handlers if _is_capture_handler(h)] + [handler]
     root.setLevel(level_name)
+    _Output.level = logging.getLevelName(level_name)
+    _Output.render = _tail(fmt)
     _route_foreign_loggers()
     _configured = f"{fmt}:{level_name}"
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +31,8 @@ from shared.providers import volumereach
 from shared.redaction import Redactor
 from workers import runtime
 from workers.main import build_worker
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NOW_BODY = {
     "event": "call.completed",
@@ -157,6 +162,64 @@ def test_each_redaction_layer_on_its_own(capsys: pytest.CaptureFixture[str]) -> 
         assert f"value-{n}" not in err, f"value-{n} leaked"
     assert named(lines, "urls")[0]["url"] == "https://[redacted]@crm.example/x?api_key=[redacted]&page=2"
     assert "auth failed for [redacted]" in lines[-1]["event"]
+
+
+# --------------------------------------------------------------------------- hooklane's own lines
+
+def test_a_logger_cached_before_configure_follows_its_level_and_format(capsys: pytest.CaptureFixture[str]) -> None:
+    log = hl_logging.get_logger("hooklane.test.cached")
+    log.info("first")  # structlog caches this logger's pipeline here
+    hl_logging.configure("json", "WARNING")
+    log.info("dropped below the level")
+    log.warning("kept", n=1)
+    _, lines = json_lines(capsys)
+    assert [ln["event"] for ln in lines] == ["first", "kept"]
+    assert lines[1]["level"] == "warning" and lines[1]["logger"] == "hooklane.test.cached"
+
+    hl_logging.configure("console", "DEBUG")
+    log.debug("now readable", n=2)
+    err = capsys.readouterr().err
+    assert "now readable" in err and "n=2" in err and not err.lstrip().startswith("{")
+
+
+def test_an_exception_line_carries_its_traceback_as_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    log = hl_logging.get_logger("hooklane.test.exc")
+    try:
+        raise ValueError("boom at https://crm.example/x?token=tok-value-9")
+    except ValueError:
+        log.exception("failed", delivery_id="d1")
+    err, (line,) = json_lines(capsys)
+    assert line["level"] == "error" and line["delivery_id"] == "d1"
+    assert "ValueError: boom at https://crm.example/x?token=[redacted]" in line["exception"]
+    assert "tok-value-9" not in err
+
+
+_THREADS_SCRIPT = """
+import threading
+from shared import logging as hl_logging
+hl_logging.configure("json", "INFO")
+log = hl_logging.get_logger("hooklane.test.threads")
+filler = "x" * 20000  # several pipe buffers: an unlocked write would be split and interleaved
+
+def emit(n):
+    for i in range(100):
+        log.info("line", thread=n, i=i, filler=filler)
+
+threads = [threading.Thread(target=emit, args=(n,)) for n in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_lines_written_from_many_threads_to_a_pipe_never_interleave() -> None:
+    # A real pipe, not pytest's in-memory capture: only there does a long write go out in pieces.
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    lines = [json.loads(raw) for raw in out.stderr.splitlines()]  # a split line fails here
+    assert {(ln["thread"], ln["i"]) for ln in lines} == {(n, i) for n in range(8) for i in range(100)}
+    assert len(lines) == 800
 
 
 # --------------------------------------------------------------------------- one delivery, ingest -> worker
