@@ -30,17 +30,19 @@ from shared.envelope import Delivery, log_delivery_id, utc_now_iso
 from shared.jobs import DeliveryEnqueuer
 from shared.providers import PROVIDERS
 from shared.providers.base import VerificationError
+from shared.redaction import Redactor
 from shared.redisconn import connect
 
 log = hl_logging.get_logger("hooklane.ingest")
 
 _JSON = "application/json"
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # built once, not per answer
 _WS = b" \t\r\n"
 
 
 def _answer(status: int, reason: str, **extra: Any) -> Response:
     body = {"status": "accepted" if status < 300 else "refused", "reason": reason, **extra}
-    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype=_JSON)
+    return Response(_compact_json(body), status=status, mimetype=_JSON)
 
 
 class _EnvironHeaders(Mapping[str, str]):
@@ -129,6 +131,9 @@ def create_app(
     conn = redis_client if redis_client is not None else connect(config.redis.url, socket_timeout=2.0,
                                                                  single_connection=True)
     enqueue = DeliveryEnqueuer(config)
+    # Ingest never logs a secret itself (tested), but a library's free text might (a werkzeug or redis
+    # error quoting a URL): mask the configured values in every line, as the workers do.
+    hl_logging.add_secret_values(Redactor.from_config(config).values)
     app.extensions["hooklane"] = {"config": config, "redis": conn}
     retry_after = str(config.ingest.retry_after_seconds)
     max_body = config.ingest.max_body_bytes

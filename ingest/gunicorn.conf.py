@@ -2,7 +2,7 @@
 
 Environment:
     HOOKLANE_BIND            HOST:PORT (default 0.0.0.0:$PORT, 8000 without PORT, as Procfile platforms expect)
-    HOOKLANE_INGEST_WORKERS  worker processes (else WEB_CONCURRENCY, else one per CPU, at least 2)
+    HOOKLANE_INGEST_WORKERS  worker processes (else WEB_CONCURRENCY, else two per CPU, at least 2)
     PROMETHEUS_MULTIPROC_DIR where the workers' metrics meet (default: a fresh temporary directory)
 
 The worker class and counts were chosen by measurement (bench/ingest, docs/benchmarks.md); see the
@@ -42,12 +42,13 @@ bind = [os.environ.get("HOOKLANE_BIND") or f"0.0.0.0:{os.environ.get('PORT') or 
 # holding a worker for as long as it takes to send, is why ingest belongs behind a buffering
 # proxy or load balancer.
 worker_class = "sync"
-# One per CPU, at least two (one stalled request must not stop the instance). Measured with Redis
-# on the same host: 2 workers on 2 CPUs beat 4 (1,695 vs 1,394 deliveries/s at c=16; p99 15 vs
-# 22 ms): the Redis round trip is short and Redis itself needs CPU. With Redis across a network
-# each request also waits a network round trip; there, 2 per CPU keeps the CPUs busy.
+# Two per CPU, at least two (one stalled request must not stop the instance). A sync worker blocks for
+# each request's Redis round trip, and with one worker per CPU the CPUs sat ~11 % idle under load.
+# Measured 2026-11-23 on 2 CPUs, Redis on the same host, wrk c=16, three interleaved rounds: 4 workers
+# accepted 2,366-2,636 deliveries/s against 2,190-2,337 for 2, with a lower p99 (8 vs 10 ms); 3 did
+# as well as 4. With Redis across a network each round trip is longer and the extra workers matter more.
 workers = int(os.environ.get("HOOKLANE_INGEST_WORKERS") or os.environ.get("WEB_CONCURRENCY")
-              or max(2, os.cpu_count() or 1))
+              or max(2, 2 * (os.cpu_count() or 1)))
 
 # A request takes milliseconds; a worker silent for 30 s is stuck (e.g. a Redis socket that never
 # answers past its own timeout) and is better replaced.

@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 ENVELOPE_VERSION = 1
+# One encoder, built once: json.dumps builds a new JSONEncoder on every call that passes separators.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class EnvelopeError(ValueError):
@@ -73,7 +75,7 @@ class Delivery:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        return _compact_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Delivery:

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
 import redis
 from conftest import BASE_CONFIG, TEST_ENV, RedisServer, free_port
@@ -162,6 +163,15 @@ def test_each_redaction_layer_on_its_own(capsys: pytest.CaptureFixture[str]) -> 
         assert f"value-{n}" not in err, f"value-{n} leaked"
     assert named(lines, "urls")[0]["url"] == "https://[redacted]@crm.example/x?api_key=[redacted]&page=2"
     assert "auth failed for [redacted]" in lines[-1]["event"]
+
+
+def test_ingest_masks_its_configured_secrets_in_any_library_line(config: Config,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    create_app(config, fakeredis.FakeRedis())
+    token = TEST_ENV["VOIPBIN_TOKEN"]
+    logging.getLogger("redis.connection").warning("could not connect to redis://h:6379/0 as %s", token)
+    err, (line,) = json_lines(capsys)
+    assert token not in err and line["event"].endswith("as [redacted]")
 
 
 # --------------------------------------------------------------------------- hooklane's own lines
