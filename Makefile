@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint bench-ingest bench-workers clean
+.PHONY: dev test lint bench-ingest bench-ingest-breakdown bench-workers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest
+
+bench-ingest-breakdown: $(STAMP)
+	$(BIN)/python bench/ingest-breakdown
 
 bench-workers: $(STAMP)
 	$(BIN)/python bench/workers
