@@ -21,6 +21,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
+from http_sink import HttpSink
 
 from shared import config as cfg_mod
 from shared.config import Config
@@ -104,6 +105,13 @@ def real_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def http_sink() -> Iterator[HttpSink]:
+    """A downstream on 127.0.0.1 answering 200 until the test says otherwise (see http_sink.py)."""
+    with HttpSink() as sink:
+        yield sink
 
 
 @pytest.fixture

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -377,36 +375,13 @@ def test_redis_down_is_503_with_retry_after_not_500(make_config, monkeypatch) ->
 # --------------------------------------------------------------------------- end to end over HTTP
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.status = 503
-        self.hits: list[tuple[str, int]] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                code = sink.status if self.path == "/crm" else 200
-                sink.hits.append((self.path, code))
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-
 @pytest.mark.redis
 def test_after_an_outage_a_filtered_http_replay_delivers_every_dead_letter(make_config, real_redis, redis_server,
-                                                                            monkeypatch) -> None:
+                                                                            http_sink, monkeypatch) -> None:
     monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", TOKEN)
-    sink = _Sink()
+    http_sink.status_by_path["/crm"] = 503
     try:
-        config = make(make_config, real_redis, url=sink.url, redis_url=redis_server.url)
+        config = make(make_config, real_redis, url=http_sink.url, redis_url=redis_server.url)
         client = create_app(config, real_redis).test_client()
         for i in range(3):
             raw = json.dumps({"event": "call.completed", "data": {"call_id": f"c{i}", "outcome": "INTERESTED"}})
@@ -416,14 +391,12 @@ def test_after_an_outage_a_filtered_http_replay_delivers_every_dead_letter(make_
         listed = client.get("/admin/dead-letters?handler=crm", headers=auth()).get_json()
         assert listed["count"] == 3
 
-        sink.status = 200
+        http_sink.status_by_path["/crm"] = 200
         resp = client.post("/admin/dead-letters/replay", headers=auth(), json={"handler": "crm"})
         assert resp.get_json()["counts"] == {"replayed": 3}
         build_worker(config, redis=real_redis).work(burst=True)
 
-        assert sorted(h for h in sink.hits if h == ("/crm", 200)) == [("/crm", 200)] * 3
+        assert [(r.path, r.status) for r in http_sink.delivered("/crm")] == [("/crm", 200)] * 3
         assert client.get("/admin/dead-letters", headers=auth()).get_json()["count"] == 0
     finally:
-        sink.server.shutdown()
-        sink.server.server_close()
         runtime.install(None)

@@ -16,13 +16,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from conftest import BASE_CONFIG, TEST_ENV
+from http_sink import HttpSink, SinkRequest
 
 from ingest.app import create_app
 from shared import deadletters, operator
@@ -57,52 +57,12 @@ handlers = ["crm", "warehouse"]
 """
 
 
-# --------------------------------------------------------------------------- a downstream the tests control
-
-
-class Sink:
-    """A local HTTP receiver: records every POST, answers `status[path]` (200 by default)."""
-
-    def __init__(self) -> None:
-        self.status: dict[str, int] = {}
-        self.requests: list[dict[str, Any]] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                code = sink.status.get(self.path, 200)
-                sink.requests.append({"path": self.path, "key": self.headers.get("Idempotency-Key"),
-                                      "event": json.loads(body), "status": code})
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def hits(self, path: str) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["path"] == path]
-
-    def delivered(self, path: str) -> list[dict[str, Any]]:
-        return [r for r in self.hits(path) if 200 <= r["status"] < 300]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @dataclass
 class Env:
     config: Config
     path: Path
     redis: redis.Redis
-    sink: Sink
+    sink: HttpSink
 
     def deliver(self, call_id: str, *, outcome: str = "INTERESTED", data: Any = None,
                 metadata: dict[str, Any] | None = None) -> None:
@@ -124,17 +84,19 @@ class Env:
     def queued(self) -> int:
         return int(self.redis.llen(f"rq:queue:{queue_name(self.config)}"))
 
+    def hits(self, path: str) -> list[SinkRequest]:
+        """Every request the sink had on `path`, whatever it answered."""
+        return [r for r in self.sink.requests if r.path == path]
+
 
 @pytest.fixture
-def env(make_config: Any, real_redis: redis.Redis, redis_server: Any, tmp_path: Path,
+def env(make_config: Any, real_redis: redis.Redis, redis_server: Any, http_sink: HttpSink, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    sink = Sink()
-    text = SOURCES + HANDLERS.format(sink=sink.url)
+    text = SOURCES + HANDLERS.format(sink=http_sink.url)
     path = tmp_path / "hooklane.toml"
     path.write_text(text, encoding="utf-8")
     monkeypatch.setenv("REDIS_URL", redis_server.url)  # what the CLI reads, like an operator's shell
-    yield Env(make_config(text, redis_url=redis_server.url), path, real_redis, sink)
-    sink.close()
+    yield Env(make_config(text, redis_url=redis_server.url), path, real_redis, http_sink)
     runtime.install(None)
 
 
@@ -305,7 +267,7 @@ def test_list_bad_filter_exits_2_with_a_reason(env: Env, capsys, args: list[str]
 
 
 def test_show_prints_event_delivery_attempts_and_traceback_with_secrets_redacted(env: Env, capsys) -> None:
-    env.sink.status["/crm"] = 500
+    env.sink.status_by_path["/crm"] = 500
     # A provider echoing a credential back in its metadata: it reaches the event, the raw body and the entry.
     env.deliver("call_secret", metadata={"apiKey": TEST_ENV["CRM_SECRET"], "vr": TEST_ENV["VR_SECRET"]})
     env.work()
@@ -341,14 +303,14 @@ def test_show_of_an_unknown_id_exits_1(env: Env, capsys) -> None:
 
 
 def test_replay_of_a_handler_entry_reruns_only_that_handler_and_delivers_once_fixed(env: Env, capsys) -> None:
-    env.sink.status["/crm"] = 503
+    env.sink.status_by_path["/crm"] = 503
     env.deliver("call_1")
     env.work()
     [entry] = env.entries()
     assert entry["stage"] == "handler" and entry["handler"] == "crm"
     assert len(env.sink.delivered("/warehouse")) == 1
 
-    env.sink.status["/crm"] = 200  # the CRM is back
+    env.sink.status_by_path["/crm"] = 200  # the CRM is back
     code, out, _ = cli(env, capsys, "dlq", "replay", entry["id"])
     assert code == 0, out
     assert f"replayed      {entry['id']} -> job" in out
@@ -357,9 +319,9 @@ def test_replay_of_a_handler_entry_reruns_only_that_handler_and_delivers_once_fi
     env.work()
 
     [delivered] = env.sink.delivered("/crm")
-    assert delivered["key"] == entry["event_id"] == delivered["event"]["id"]
-    assert len(env.sink.hits("/crm")) == 2  # the failed first try, then the replay
-    assert len(env.sink.hits("/warehouse")) == 1  # the handler that had succeeded did not run again
+    assert delivered.key == entry["event_id"] == delivered.event["id"]
+    assert len(env.hits("/crm")) == 2  # the failed first try, then the replay
+    assert len(env.hits("/warehouse")) == 1  # the handler that had succeeded did not run again
     assert env.entries() == []
 
 
@@ -383,13 +345,13 @@ def test_replay_of_a_normalize_entry_renormalizes_with_the_fixed_code(env: Env, 
     assert code == 0, err
     env.work()
 
-    assert [r["event"]["call"]["id"] for r in env.sink.delivered("/crm")] == ["call_77"]
-    assert [r["event"]["call"]["id"] for r in env.sink.delivered("/warehouse")] == ["call_77"]
+    assert [r.event["call"]["id"] for r in env.sink.delivered("/crm")] == ["call_77"]
+    assert [r.event["call"]["id"] for r in env.sink.delivered("/warehouse")] == ["call_77"]
     assert env.entries() == []
 
 
 def test_concurrent_replays_of_one_entry_enqueue_exactly_one_job(env: Env) -> None:
-    env.sink.status["/crm"] = 503
+    env.sink.status_by_path["/crm"] = 503
     env.deliver("call_1")
     env.work()
     [entry] = env.entries()
@@ -415,7 +377,7 @@ def test_concurrent_replays_of_one_entry_enqueue_exactly_one_job(env: Env) -> No
 
 
 def test_replaying_an_already_replayed_id_is_reported_and_exits_1(env: Env, capsys) -> None:
-    env.sink.status["/crm"] = 503
+    env.sink.status_by_path["/crm"] = 503
     env.deliver("call_1")
     env.work()
     [entry] = env.entries()
@@ -429,7 +391,7 @@ def test_replaying_an_already_replayed_id_is_reported_and_exits_1(env: Env, caps
 
 
 def test_a_replay_that_fails_again_comes_back_with_its_history(env: Env, capsys) -> None:
-    env.sink.status["/crm"] = 503
+    env.sink.status_by_path["/crm"] = 503
     env.deliver("call_1")
     env.work()
     [first] = env.entries()
@@ -445,12 +407,12 @@ def test_a_replay_that_fails_again_comes_back_with_its_history(env: Env, capsys)
     assert third["event_id"] == first["event_id"] and third["handler"] == "crm"
     assert [a["status"] for a in third["attempts"]] == [503, 503, 503]
     assert [r["entry_id"] for r in third["replays"]] == [first["id"], second["id"]]
-    assert len(env.sink.hits("/crm")) == 3 and len(env.sink.hits("/warehouse")) == 1
+    assert len(env.hits("/crm")) == 3 and len(env.hits("/warehouse")) == 1
 
 
 def test_bulk_replay_with_filters_and_yes_replays_only_the_matches(env: Env, capsys) -> None:
-    env.sink.status["/crm"] = 503
-    env.sink.status["/warehouse"] = 500
+    env.sink.status_by_path["/crm"] = 503
+    env.sink.status_by_path["/warehouse"] = 500
     for i in range(3):
         env.deliver(f"call_{i}")
     env.work()

@@ -6,13 +6,11 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from http_sink import HttpSink
 
 from shared.config import HandlerConfig, Secret
 from workers.errors import PermanentError, TransientError
@@ -29,64 +27,29 @@ EVENT: dict[str, Any] = {
 }
 
 
-class Sink(ThreadingHTTPServer):
-    """Answers each POST with the next scripted (status, headers, delay) and records it."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), SinkHandler)
-        self.script: list[tuple[int, dict[str, str], float]] = []
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-class SinkHandler(BaseHTTPRequestHandler):
-    server: Sink
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.server.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        status, headers, delay = self.server.script.pop(0) if self.server.script else (200, {}, 0.0)
-        time.sleep(delay)
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    server = Sink()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def http(url: str, **kw: Any) -> HttpHandler:
     return HttpHandler(HandlerConfig(name="crm", type="http", url=url, **kw))
 
 
-def test_http_posts_the_event_as_json_with_the_event_id_as_idempotency_key(sink):
-    http(sink.url)(EVENT)
-    [(headers, body)] = sink.requests
+def hook(sink: HttpSink) -> str:
+    return f"{sink.url}/hook"
+
+
+def test_http_posts_the_event_as_json_with_the_event_id_as_idempotency_key(http_sink):
+    http(hook(http_sink))(EVENT)
+    [req] = http_sink.requests
+    headers, body = req.headers, req.body
     assert json.loads(body) == EVENT
     assert headers["idempotency-key"] == EVENT["id"]
     assert headers["content-type"] == "application/json"
     assert "webhook-signature" not in headers
 
 
-def test_http_signs_with_standard_webhooks_headers_a_receiver_can_verify(sink):
+def test_http_signs_with_standard_webhooks_headers_a_receiver_can_verify(http_sink):
     key = base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-    http(sink.url, secret=Secret(f"whsec_{key}".encode(), "env:CRM_SECRET"))(EVENT)
-    [(headers, body)] = sink.requests
+    http(hook(http_sink), secret=Secret(f"whsec_{key}".encode(), "env:CRM_SECRET"))(EVENT)
+    [req] = http_sink.requests
+    headers, body = req.headers, req.body
     # Verified the way the Standard Webhooks spec says a receiver does, independently of our signer.
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(base64.b64decode(key), signed, hashlib.sha256).digest()).decode()
@@ -96,31 +59,31 @@ def test_http_signs_with_standard_webhooks_headers_a_receiver_can_verify(sink):
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 408, 425, 429])
-def test_http_treats_server_errors_and_throttling_as_transient(sink, status):
-    sink.script = [(status, {}, 0.0)]
+def test_http_treats_server_errors_and_throttling_as_transient(http_sink, status):
+    http_sink.script((status, {}, 0.0))
     with pytest.raises(TransientError) as info:
-        http(sink.url)(EVENT)
+        http(hook(http_sink))(EVENT)
     assert info.value.status == status
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 410, 422])
-def test_http_treats_other_client_errors_as_permanent(sink, status):
-    sink.script = [(status, {}, 0.0)]
+def test_http_treats_other_client_errors_as_permanent(http_sink, status):
+    http_sink.script((status, {}, 0.0))
     with pytest.raises(PermanentError) as info:
-        http(sink.url)(EVENT)
+        http(hook(http_sink))(EVENT)
     assert info.value.status == status
 
 
-def test_http_redirects_are_not_followed_and_count_as_permanent(sink):
-    sink.script = [(301, {"Location": "http://127.0.0.1:9/elsewhere"}, 0.0)]
+def test_http_redirects_are_not_followed_and_count_as_permanent(http_sink):
+    http_sink.script((301, {"Location": "http://127.0.0.1:9/elsewhere"}, 0.0))
     with pytest.raises(PermanentError):
-        http(sink.url)(EVENT)
+        http(hook(http_sink))(EVENT)
 
 
-def test_http_honours_retry_after_on_429(sink):
-    sink.script = [(429, {"Retry-After": "120"}, 0.0)]
+def test_http_honours_retry_after_on_429(http_sink):
+    http_sink.script((429, {"Retry-After": "120"}, 0.0))
     with pytest.raises(TransientError) as info:
-        http(sink.url)(EVENT)
+        http(hook(http_sink))(EVENT)
     assert info.value.retry_after == 120
 
 
@@ -130,10 +93,10 @@ def test_retry_after_accepts_seconds_and_http_dates():
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
 
 
-def test_http_read_timeout_is_transient(sink):
-    sink.script = [(200, {}, 1.0)]
+def test_http_read_timeout_is_transient(http_sink):
+    http_sink.script((200, {}, 1.0))
     with pytest.raises(TransientError, match="timeout"):
-        http(sink.url, timeout_seconds=0.2)(EVENT)
+        http(hook(http_sink), timeout_seconds=0.2)(EVENT)
 
 
 def test_http_connection_refused_is_transient_and_the_message_hides_credentials():

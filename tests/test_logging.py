@@ -11,10 +11,8 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import fakeredis
 import pytest
 import redis
 from conftest import BASE_CONFIG, TEST_ENV, RedisServer, free_port
+from http_sink import HttpSink
 from rq.logutils import setup_loghandlers
 
 from ingest.app import create_app
@@ -299,28 +298,10 @@ def test_context_of_one_job_does_not_leak_into_the_next(
 # --------------------------------------------------------------------------- redaction
 
 
-class _Failing(BaseHTTPRequestHandler):
-    hits: list[str] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        _Failing.hits.append(self.path)
-        self.send_response(500)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-
 @pytest.fixture
-def failing_crm() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
-    _Failing.hits = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_port
-    server.shutdown()
-    server.server_close()
+def failing_crm(http_sink: HttpSink) -> HttpSink:
+    http_sink.default_status = 500
+    return http_sink
 
 
 CRM_PASSWORD = "crm-PASSWORD-7f3a9c"
@@ -375,12 +356,12 @@ handlers = ["crm", "down"]
 
 def test_no_secret_signature_or_body_in_any_line_from_accept_to_dead_letter(
     real_redis: redis.Redis, redis_server: RedisServer, make_config: Callable[..., Config],
-    failing_crm: int, capsys: pytest.CaptureFixture[str],
+    failing_crm: HttpSink, capsys: pytest.CaptureFixture[str],
 ) -> None:
     # DEBUG: the levels at which libraries (rq, urllib3) print arguments and URLs are the ones to check.
     hl_logging.configure("json", "DEBUG")
     config = make_config(REDACTION_CONFIG.format(
-        crm_password=CRM_PASSWORD, crm_port=failing_crm, crm_api_key=CRM_API_KEY, header_key=HEADER_KEY,
+        crm_password=CRM_PASSWORD, crm_port=failing_crm.port, crm_api_key=CRM_API_KEY, header_key=HEADER_KEY,
         down_password=DOWN_PASSWORD, down_port=free_port(), down_api_key=DOWN_API_KEY,
     ), redis_url=redis_server.url)
     client = create_app(config, real_redis).test_client()
@@ -407,7 +388,7 @@ def test_no_secret_signature_or_body_in_any_line_from_accept_to_dead_letter(
     assert len(named(lines, "delivery.accepted")) == 3 and len(named(lines, "delivery.refused")) == 2
     assert named(lines, "handler.retry_scheduled") and named(lines, "job.dead_lettered")
     assert named(lines, "handler.dead_lettered") and named(lines, "handler.done")
-    assert len(_Failing.hits) == 2, "the crm handler did not reach the server twice"
+    assert len(failing_crm.requests) == 2, "the crm handler did not reach the server twice"
     stages = sorted((e["stage"], e["handler"]) for e in deadletters.list_entries(real_redis, config))
     assert stages == [("handler", "crm"), ("handler", "down"), ("normalize", None)]
     assert any(ln.get("logger") == "urllib3.connectionpool" for ln in lines), "DEBUG lines were not captured"

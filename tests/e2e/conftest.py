@@ -9,14 +9,13 @@ Only processes started here are stopped, by PID, in the finalizers.
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from http_sink import HttpSink
 
 from e2e.harness import (
     CONFIG,
@@ -27,7 +26,6 @@ from e2e.harness import (
     Proc,
     Sink,
     base_env,
-    sink_handler,
     start_process,
     wait_for,
 )
@@ -37,16 +35,9 @@ from shared.cli.dev import free_port
 
 @pytest.fixture(scope="session")
 def sink() -> Iterator[Sink]:
-    s = Sink()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), sink_handler(s))
-    server.daemon_threads = True
-    s.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, name="e2e-sink", daemon=True)
-    thread.start()
-    yield s
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    # Session-wide like the pipeline that posts to it, so not the per-test `http_sink` fixture.
+    with HttpSink() as http:
+        yield Sink(http)
 
 
 @pytest.fixture(scope="session")

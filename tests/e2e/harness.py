@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import requests
+from http_sink import HttpSink, SinkRequest
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
 from shared import sending, stats
@@ -114,64 +112,34 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, explain: C
 # --------------------------------------------------------------------------- the sink
 
 
-@dataclass
-class SinkRequest:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    status: int  # what the sink answered
-
-    @property
-    def event(self) -> dict[str, Any]:
-        return json.loads(self.body)
-
-    @property
-    def key(self) -> str | None:
-        return self.headers.get("idempotency-key")
-
-
-@dataclass
 class Sink:
-    """Records every POST; answers 200, or 503 while `failing`."""
+    """The e2e tests' view of the shared HttpSink: requests by event id (the Idempotency-Key) and an outage."""
 
-    port: int = 0
-    failing: bool = False
-    requests: list[SinkRequest] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, http: HttpSink) -> None:
+        self.http = http
 
-    def record(self, req: SinkRequest) -> None:
-        with self.lock:
-            self.requests.append(req)
+    @property
+    def port(self) -> int:
+        return self.http.port
+
+    @property
+    def failing(self) -> bool:
+        return self.http.default_status == 503
+
+    @failing.setter
+    def failing(self, value: bool) -> None:
+        # 503 is transient: the worker retries it, then dead-letters, which is the outage the tests want.
+        self.http.default_status = 503 if value else 200
 
     def snapshot(self) -> list[SinkRequest]:
-        with self.lock:
-            return list(self.requests)
+        return self.http.requests
 
     def delivered(self, ids: set[str] | None = None) -> list[SinkRequest]:
         """Requests answered 2xx, optionally only for these event ids (Idempotency-Key)."""
-        return [r for r in self.snapshot() if r.status < 300 and (ids is None or r.key in ids)]
+        return [r for r in self.http.delivered() if ids is None or r.key in ids]
 
     def attempts(self, ids: set[str]) -> list[SinkRequest]:
-        return [r for r in self.snapshot() if r.key in ids]
-
-
-def sink_handler(sink: Sink) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length)
-            status = 503 if sink.failing else 200
-            sink.record(SinkRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status))
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return  # the tests read the records; a line per request would only bury failures
-
-    return Handler
+        return [r for r in self.http.requests if r.key in ids]
 
 
 # --------------------------------------------------------------------------- processes
