@@ -42,13 +42,28 @@ bind = [os.environ.get("HOOKLANE_BIND") or f"0.0.0.0:{os.environ.get('PORT') or 
 # holding a worker for as long as it takes to send, is why ingest belongs behind a buffering
 # proxy or load balancer.
 worker_class = "sync"
-# Two per CPU, at least two (one stalled request must not stop the instance). A sync worker blocks for
-# each request's Redis round trip, and with one worker per CPU the CPUs sat ~11 % idle under load.
-# Measured 2026-11-23 on 2 CPUs, Redis on the same host, wrk c=16, three interleaved rounds: 4 workers
-# accepted 2,366-2,636 deliveries/s against 2,190-2,337 for 2, with a lower p99 (8 vs 10 ms); 3 did
-# as well as 4. With Redis across a network each round trip is longer and the extra workers matter more.
-workers = int(os.environ.get("HOOKLANE_INGEST_WORKERS") or os.environ.get("WEB_CONCURRENCY")
-              or max(2, 2 * (os.cpu_count() or 1)))
+
+
+def _default_workers() -> int:
+    """Two per CPU this process may run on, at least two (one stalled request must not stop the instance).
+
+    A sync worker blocks for each request's Redis round trip, and with one worker per CPU the CPUs sat
+    ~11 % idle under load. Measured 2026-11-23 on 2 CPUs, Redis on the same host, wrk c=16, three
+    interleaved rounds: 4 workers accepted 2,366-2,636 deliveries/s against 2,190-2,337 for 2, with a
+    lower p99 (8 vs 10 ms); 3 did as well as 4. With Redis across a network each round trip is longer
+    and the extra workers matter more.
+
+    The affinity mask, not os.cpu_count(): a container pinned to 2 of a host's 64 CPUs gets 4 workers,
+    not 128. A CFS quota (Kubernetes CPU limits) is invisible to both: set WEB_CONCURRENCY there.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        cpus = os.cpu_count() or 1
+    return max(2, 2 * cpus)
+
+
+workers = int(os.environ.get("HOOKLANE_INGEST_WORKERS") or os.environ.get("WEB_CONCURRENCY") or _default_workers())
 
 # A request takes milliseconds; a worker silent for 30 s is stuck (e.g. a Redis socket that never
 # answers past its own timeout) and is better replaced.

@@ -200,3 +200,27 @@ def test_dockerignore_keeps_what_the_build_needs_and_drops_local_state() -> None
         assert not _ignored(needed, patterns), f"{needed} would be missing from the image"
     for local in (".venv/bin/python", ".git/HEAD", "hooklane.toml", ".env", "shared/__pycache__/x.pyc"):
         assert _ignored(local, patterns), f"{local} would be copied into the image"
+
+
+def _gunicorn_workers(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], cpus: set[int]) -> int:
+    import runpy
+
+    for key in ("HOOKLANE_INGEST_WORKERS", "WEB_CONCURRENCY"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: cpus)
+    return runpy.run_path(str(ROOT / "ingest" / "gunicorn.conf.py"))["workers"]
+
+
+@pytest.mark.parametrize(("env", "cpus", "expected"), [
+    ({}, {0}, 2),                         # never fewer than two
+    ({}, {0, 1}, 4),                      # two per CPU
+    ({}, {3, 7}, 4),                      # a container pinned to 2 of a bigger host's CPUs
+    ({"WEB_CONCURRENCY": "5"}, {0, 1}, 5),
+    ({"HOOKLANE_INGEST_WORKERS": "3", "WEB_CONCURRENCY": "5"}, {0, 1}, 3),
+])
+def test_ingest_worker_count_follows_the_cpus_it_may_use_unless_told(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], cpus: set[int], expected: int
+) -> None:
+    assert _gunicorn_workers(monkeypatch, env, cpus) == expected
