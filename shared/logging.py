@@ -177,15 +177,7 @@ os.register_at_fork(after_in_child=_WRITE_LOCK._at_fork_reinit)  # type: ignore[
 # Set at import, not in configure(): loggers structlog cached before configure() keep this chain, which
 # reads _Output on every line.
 structlog.configure(
-    processors=[
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        _drop_below_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact_keys,
-        _render,
-    ],
+    processors=[*_SHARED, _drop_below_level, _render],
     logger_factory=_StderrLogger,
     wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
     cache_logger_on_first_use=True,
