@@ -7,6 +7,8 @@ redis-server binary is an error, not a skip: those tests must run in CI.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import shutil
@@ -14,7 +16,9 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,9 @@ import redis
 from http_sink import HttpSink
 
 from shared import config as cfg_mod
+from shared import deadletters
 from shared.config import Config
+from shared.envelope import iso_utc
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -87,14 +93,23 @@ class RedisServer:
     def client(self, **kw: Any) -> redis.Redis:
         return redis.Redis.from_url(self.url, **kw)
 
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[RedisServer]:
+        """A server started now, stopped and its directory removed on exit."""
+        server = cls()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+            shutil.rmtree(server.dir, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
+    with RedisServer.running() as server:
+        yield server
 
 
 @pytest.fixture
@@ -198,8 +213,43 @@ def load_fixture(provider: str, name: str) -> Any:
 @pytest.fixture
 def disposable_redis() -> Iterator[RedisServer]:
     """A private redis-server of this test's own, to stop and restart (an outage) without touching the session's."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
+    with RedisServer.running() as server:
+        yield server
+
+
+def add_dead_letter(r: redis.Redis, config: Config, *, minutes_ago: float, handler: str | None = "crm",
+                    stage: str = "handler", source: str = "vr", provider: str = "volumereach",
+                    event_type: str | None = "call.completed", error_class: str = "TransientError",
+                    message: str = "answered 503", status: int | None = 503, attempts: int = 1,
+                    body: bytes = b"{}") -> str:
+    """Store a dead letter in the format workers/jobs.py writes, dated `minutes_ago`; returns its id."""
+    entry_id = uuid.uuid4().hex + (f"-{handler}" if handler else "")
+    died = iso_utc(datetime.now(UTC) - timedelta(minutes=minutes_ago))
+    history = [{"at": died, "error_class": error_class, "message": message, "status": status, "duration_ms": 12.5}
+               for _ in range(attempts)]
+    event = None if stage != "handler" else {"id": f"{source}:call.completed:{entry_id[:6]}", "type": event_type,
+                                             "source": source, "provider": provider}
+    deadletters.add(r, config, {
+        "id": entry_id, "stage": stage, "died_at": died, "source": source, "provider": provider,
+        "event_id": event["id"] if event else None, "event_type": event_type if event else None,
+        "handler": handler if stage == "handler" else None,
+        "error": {"class": error_class, "message": message, "status": status},
+        "attempts": history, "traceback": "Traceback (most recent call last):\n  ...\n", "event": event,
+        "delivery": {"v": 1, "id": uuid.uuid4().hex, "source": source, "provider": provider,
+                     "received_at": died, "body_b64": base64.b64encode(body).decode()},
+        "replays": [],
+    })
+    return entry_id
+
+
+def parse_log_lines(text: str) -> list[dict[str, Any]]:
+    """Each line of captured stderr as JSON: a line that did not go through the JSON renderer fails the test."""
+    lines = []
+    for raw in text.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            lines.append(json.loads(raw))
+        except json.JSONDecodeError:
+            pytest.fail(f"a log line did not go through the JSON formatter: {raw[:200]!r}")
+    return lines

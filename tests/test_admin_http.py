@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
-from conftest import BASE_CONFIG, TEST_ENV, free_port
+from conftest import BASE_CONFIG, TEST_ENV, add_dead_letter, free_port
 from flask.testing import FlaskClient
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -52,29 +51,6 @@ def auth(token: str = TOKEN) -> dict[str, str]:
 
 def make(make_config: Any, r: redis.Redis, *, url: str = "http://127.0.0.1:9", redis_url: str | None = None) -> Config:
     return make_config(SOURCES + HANDLERS.format(url=url), redis_url=redis_url)
-
-
-def write_entry(r: redis.Redis, config: Config, *, minutes_ago: float, handler: str = "crm",
-                source: str = "vr", body: bytes = b"{}", message: str = "answered 503") -> str:
-    """An entry in the format workers/jobs.py writes, dated `minutes_ago`."""
-    import base64
-
-    entry_id = f"{uuid.uuid4().hex}-{handler}"
-    died = iso_utc(datetime.now(UTC) - timedelta(minutes=minutes_ago))
-    event = {"id": f"{source}:call.completed:{entry_id[:8]}", "type": "call.completed", "source": source,
-             "provider": "volumereach", "call": {"id": entry_id[:8]}}
-    deadletters.add(r, config, {
-        "id": entry_id, "stage": "handler", "died_at": died, "source": source, "provider": "volumereach",
-        "event_id": event["id"], "event_type": "call.completed", "handler": handler,
-        "error": {"class": "TransientError", "message": message, "status": 503},
-        "attempts": [{"at": died, "error_class": "TransientError", "message": message, "status": 503,
-                      "duration_ms": 3.0}],
-        "traceback": "Traceback (most recent call last):\n", "event": event,
-        "delivery": {"v": 1, "id": uuid.uuid4().hex, "source": source, "provider": "volumereach",
-                     "received_at": died, "body_b64": base64.b64encode(body).decode()},
-        "replays": [],
-    })
-    return entry_id
 
 
 @pytest.fixture
@@ -134,7 +110,7 @@ def test_an_empty_token_does_not_enable_the_routes(make_config, fake_redis, monk
 ])
 def test_a_missing_or_wrong_token_is_401_with_www_authenticate(fake_app, headers, method, path) -> None:
     client, config, r = fake_app
-    entry_id = write_entry(r, config, minutes_ago=1)
+    entry_id = add_dead_letter(r, config, minutes_ago=1)
 
     resp = client.open(path.replace("/x", f"/{entry_id}"), method=method, headers=headers, json={"all": True})
 
@@ -166,7 +142,7 @@ def test_the_token_is_read_once_when_the_app_is_created(make_config, fake_redis,
 
 def test_list_pages_newest_first_with_next_offset(fake_app) -> None:
     client, config, r = fake_app
-    ids = [write_entry(r, config, minutes_ago=m) for m in range(7, 0, -1)]  # ids[-1] is the newest
+    ids = [add_dead_letter(r, config, minutes_ago=m) for m in range(7, 0, -1)]  # ids[-1] is the newest
     newest_first = ids[::-1]
 
     pages, offset = [], 0
@@ -183,17 +159,17 @@ def test_list_pages_newest_first_with_next_offset(fake_app) -> None:
 def test_a_page_that_ends_exactly_at_the_last_entry_has_no_next_offset(fake_app) -> None:
     client, config, r = fake_app
     for m in range(4):
-        write_entry(r, config, minutes_ago=m)
+        add_dead_letter(r, config, minutes_ago=m)
     body = client.get("/admin/dead-letters?limit=2&offset=2", headers=auth()).get_json()
     assert body["count"] == 2 and body["next_offset"] is None
 
 
 def test_list_filters_like_the_cli(fake_app) -> None:
     client, config, r = fake_app
-    crm_old = write_entry(r, config, minutes_ago=90)
-    crm_new = write_entry(r, config, minutes_ago=5)
-    write_entry(r, config, minutes_ago=4, handler="warehouse")
-    vox = write_entry(r, config, minutes_ago=3, source="vox")
+    crm_old = add_dead_letter(r, config, minutes_ago=90)
+    crm_new = add_dead_letter(r, config, minutes_ago=5)
+    add_dead_letter(r, config, minutes_ago=4, handler="warehouse")
+    vox = add_dead_letter(r, config, minutes_ago=3, source="vox")
 
     def ids(query: str) -> list[str]:
         resp = client.get(f"/admin/dead-letters?{query}", headers=auth())
@@ -222,7 +198,7 @@ def test_bad_query_parameters_are_400_with_a_reason(fake_app, query) -> None:
 def test_show_returns_the_entry_in_full_with_secrets_redacted(fake_app) -> None:
     client, config, r = fake_app
     body = json.dumps({"event": "call.completed", "data": {"call_id": "c1", "apiKey": TEST_ENV["CRM_SECRET"]}})
-    entry_id = write_entry(r, config, minutes_ago=1, body=body.encode(),
+    entry_id = add_dead_letter(r, config, minutes_ago=1, body=body.encode(),
                            message=f"echoed {TEST_ENV['VR_SECRET']} back")
 
     resp = client.get(f"/admin/dead-letters/{entry_id}", headers=auth())
@@ -250,7 +226,7 @@ def test_show_of_an_unknown_id_is_404_json(fake_app) -> None:
 @pytest.mark.redis
 def test_replay_one_enqueues_its_job_once_and_a_second_replay_is_404(real_app) -> None:
     client, config, r = real_app
-    entry_id = write_entry(r, config, minutes_ago=1)
+    entry_id = add_dead_letter(r, config, minutes_ago=1)
 
     dry = client.post(f"/admin/dead-letters/{entry_id}/replay", headers=auth(), json={"dry_run": True})
     assert dry.status_code == 200 and dry.get_json()["status"] == "would_replay"
@@ -269,7 +245,7 @@ def test_replay_one_enqueues_its_job_once_and_a_second_replay_is_404(real_app) -
 @pytest.mark.redis
 def test_replay_of_an_entry_whose_handler_was_removed_is_409(real_app, make_config, redis_server) -> None:
     _, config, r = real_app
-    entry_id = write_entry(r, config, minutes_ago=1, handler="gone")
+    entry_id = add_dead_letter(r, config, minutes_ago=1, handler="gone")
     client = create_app(config, r).test_client()
 
     resp = client.post(f"/admin/dead-letters/{entry_id}/replay", headers=auth())
@@ -282,8 +258,8 @@ def test_replay_of_an_entry_whose_handler_was_removed_is_409(real_app, make_conf
 @pytest.mark.redis
 def test_bulk_replay_takes_filters_in_the_body(real_app) -> None:
     client, config, r = real_app
-    crm = {write_entry(r, config, minutes_ago=m) for m in (1, 2, 3)}
-    wh = write_entry(r, config, minutes_ago=4, handler="warehouse")
+    crm = {add_dead_letter(r, config, minutes_ago=m) for m in (1, 2, 3)}
+    wh = add_dead_letter(r, config, minutes_ago=4, handler="warehouse")
 
     dry = client.post("/admin/dead-letters/replay", headers=auth(), json={"all": True, "dry_run": True})
     assert dry.status_code == 200 and dry.get_json()["counts"] == {"would_replay": 4}
@@ -303,7 +279,7 @@ def test_bulk_replay_takes_filters_in_the_body(real_app) -> None:
 def test_bulk_replay_limit_caps_one_call(real_app) -> None:
     client, config, r = real_app
     for m in range(5):
-        write_entry(r, config, minutes_ago=m)
+        add_dead_letter(r, config, minutes_ago=m)
     resp = client.post("/admin/dead-letters/replay", headers=auth(), json={"all": True, "limit": 2})
     assert resp.get_json()["counts"] == {"replayed": 2}
     assert deadletters.count(r, config) == 3
@@ -328,7 +304,7 @@ def test_bulk_replay_limit_caps_one_call(real_app) -> None:
 def test_bulk_replay_refuses_bad_bodies_and_never_replays_everything_by_accident(fake_app, data, content_type
                                                                                 ) -> None:
     client, config, r = fake_app
-    write_entry(r, config, minutes_ago=1)
+    add_dead_letter(r, config, minutes_ago=1)
 
     resp = client.post("/admin/dead-letters/replay", headers=auth(), data=data, content_type=content_type)
 
@@ -340,7 +316,7 @@ def test_bulk_replay_refuses_bad_bodies_and_never_replays_everything_by_accident
 @pytest.mark.parametrize("data", ["[true]", '{"dry_run": 1}', '{"force": true}', "nope"])
 def test_replay_one_refuses_bad_bodies(fake_app, data) -> None:
     client, config, r = fake_app
-    entry_id = write_entry(r, config, minutes_ago=1)
+    entry_id = add_dead_letter(r, config, minutes_ago=1)
     resp = client.post(f"/admin/dead-letters/{entry_id}/replay", headers=auth(), data=data,
                        content_type="application/json")
     assert resp.status_code == 400 and resp.get_json()["reason"]
@@ -349,7 +325,7 @@ def test_replay_one_refuses_bad_bodies(fake_app, data) -> None:
 
 def test_delete_removes_the_entry_then_404s(fake_app) -> None:
     client, config, r = fake_app
-    entry_id = write_entry(r, config, minutes_ago=1)
+    entry_id = add_dead_letter(r, config, minutes_ago=1)
 
     first = client.delete(f"/admin/dead-letters/{entry_id}", headers=auth())
     second = client.delete(f"/admin/dead-letters/{entry_id}", headers=auth())

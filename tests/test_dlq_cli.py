@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import BASE_CONFIG, TEST_ENV
+from conftest import BASE_CONFIG, TEST_ENV, add_dead_letter
 from http_sink import HttpSink, SinkRequest
 
 from ingest.app import create_app
@@ -119,28 +119,8 @@ class TtyOutput(io.StringIO):
         return True
 
 
-def write_entry(env: Env, *, minutes_ago: float, handler: str | None = "crm", stage: str = "handler",
-                source: str = "vr", provider: str = "volumereach", event_type: str | None = "call.completed",
-                error_class: str = "TransientError", message: str = "answered 503", status: int | None = 503,
-                attempts: int = 1) -> str:
-    """An entry in the format workers/jobs.py writes, dated `minutes_ago`."""
-    entry_id = uuid.uuid4().hex + (f"-{handler}" if handler else "")
-    died = iso_utc(datetime.now(UTC) - timedelta(minutes=minutes_ago))
-    history = [{"at": died, "error_class": error_class, "message": message, "status": status, "duration_ms": 12.5}
-               for _ in range(attempts)]
-    event = None if stage != "handler" else {"id": f"{source}:call.completed:{entry_id[:6]}", "type": event_type,
-                                             "source": source, "provider": provider}
-    deadletters.add(env.redis, env.config, {
-        "id": entry_id, "stage": stage, "died_at": died, "source": source, "provider": provider,
-        "event_id": event["id"] if event else None, "event_type": event_type if event else None,
-        "handler": handler if stage == "handler" else None,
-        "error": {"class": error_class, "message": message, "status": status},
-        "attempts": history, "traceback": "Traceback (most recent call last):\n  ...\n", "event": event,
-        "delivery": {"v": 1, "id": uuid.uuid4().hex, "source": source, "provider": provider,
-                     "received_at": died, "body_b64": "e30="},
-        "replays": [],
-    })
-    return entry_id
+def write_entry(env: Env, **kw: Any) -> str:
+    return add_dead_letter(env.redis, env.config, **kw)
 
 
 def list_json(env: Env, capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:

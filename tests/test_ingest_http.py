@@ -17,7 +17,7 @@ from urllib.parse import quote
 import fakeredis
 import pytest
 import redis
-from conftest import BASE_CONFIG, TEST_ENV, free_port
+from conftest import BASE_CONFIG, TEST_ENV, free_port, parse_log_lines
 from flask import Flask
 from werkzeug.test import TestResponse
 
@@ -92,7 +92,7 @@ class Logs:
 
     def lines(self) -> list[dict[str, Any]]:
         self.text += self._capsys.readouterr().err
-        return [json.loads(raw) for raw in self.text.splitlines() if raw.strip()]
+        return parse_log_lines(self.text)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [line for line in self.lines() if line.get("event") == name]

@@ -19,7 +19,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
-from conftest import BASE_CONFIG, TEST_ENV, RedisServer, free_port
+from conftest import BASE_CONFIG, TEST_ENV, RedisServer, free_port, parse_log_lines
 from http_sink import HttpSink
 from rq.logutils import setup_loghandlers
 
@@ -57,15 +57,7 @@ def _logging(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 def json_lines(capsys: pytest.CaptureFixture[str]) -> tuple[str, list[dict[str, Any]]]:
     """Everything written to stderr, and each line parsed: a line that is not JSON fails the test."""
     err = capsys.readouterr().err
-    lines = []
-    for raw in err.splitlines():
-        if not raw.strip():
-            continue
-        try:
-            lines.append(json.loads(raw))
-        except json.JSONDecodeError:
-            pytest.fail(f"a log line did not go through the JSON formatter: {raw[:200]!r}")
-    return err, lines
+    return err, parse_log_lines(err)
 
 
 def named(lines: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:

@@ -43,21 +43,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_guard(cmd_show))
 
     rp = actions.add_parser("replay", help="put the failed stage back to work with a fresh attempt budget")
-    rp.add_argument("ids", nargs="*", metavar="ID")
-    rp.add_argument("--all", action="store_true", help="every dead letter matching the filters (or all of them)")
-    _add_filters(rp)
+    _add_selection(rp)
     rp.add_argument("--dry-run", action="store_true", help="show what would be replayed, change nothing")
     rp.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (bulk replay)")
     rp.add_argument("--json", action="store_true", help="machine-readable output")
     rp.set_defaults(func=_guard(cmd_replay))
 
     pg = actions.add_parser("purge", help="delete dead letters for good")
-    pg.add_argument("ids", nargs="*", metavar="ID")
-    pg.add_argument("--all", action="store_true", help="every dead letter matching the filters (or all of them)")
-    _add_filters(pg)
+    _add_selection(pg)
     pg.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     pg.add_argument("--json", action="store_true", help="machine-readable output")
     pg.set_defaults(func=_guard(cmd_purge))
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    """Which dead letters a bulk action touches: these ids, or --all of those matching the filters."""
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--all", action="store_true", help="every dead letter matching the filters (or all of them)")
+    _add_filters(p)
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:

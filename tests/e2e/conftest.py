@@ -8,7 +8,6 @@ Only processes started here are stopped, by PID, in the finalizers.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,11 +43,8 @@ def sink() -> Iterator[Sink]:
 def private_redis(pytestconfig: pytest.Config) -> Iterator[Any]:
     """A redis-server of the e2e suite's own: the session one is flushed by other tests and its
     queue name is shared with them, so a running e2e worker there would take their jobs."""
-    server = root_conftest(pytestconfig).RedisServer()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
+    with root_conftest(pytestconfig).RedisServer.running() as server:
+        yield server
 
 
 def root_conftest(pytestconfig: pytest.Config) -> Any:
