@@ -171,13 +171,21 @@ def pattern_matches(pattern: str, event_type: str) -> bool:
 def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read, validate and resolve the config file. Raises ConfigError naming the bad key."""
     env = os.environ if env is None else env
-    path = str(path or env.get("HOOKLANE_CONFIG") or DEFAULT_PATH)
+    # The error names where the path came from, so an operator knows which of the two to fix.
+    if path:
+        origin, hint = "--config", ""
+    elif env.get("HOOKLANE_CONFIG"):
+        origin, path, hint = "HOOKLANE_CONFIG", env["HOOKLANE_CONFIG"], ""
+    else:
+        origin, path = "config", DEFAULT_PATH
+        hint = " (the default; name a file with --config or HOOKLANE_CONFIG)"
+    path = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"HOOKLANE_CONFIG: no config file at {path!r}") from None
+        raise ConfigError(f"{origin}: no config file at {path!r}{hint}") from None
     except OSError as exc:
-        raise ConfigError(f"HOOKLANE_CONFIG: cannot read {path!r}: {exc.strerror}") from None
+        raise ConfigError(f"{origin}: cannot read {path!r}: {exc.strerror}{hint}") from None
     return loads(text, env=env, path=path)
 
 

@@ -92,6 +92,19 @@ def test_missing_file_names_hooklane_config(tmp_path: Path) -> None:
         cfg_mod.load(env={"HOOKLANE_CONFIG": str(tmp_path / "nope.toml")})
 
 
+def test_missing_file_given_by_flag_names_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--config: no config file") as info:
+        cfg_mod.load(tmp_path / "nope.toml", env={})
+    assert "HOOKLANE_CONFIG" not in str(info.value)
+
+
+def test_missing_default_file_names_both_ways_to_give_one(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"hooklane\.toml") as info:
+        cfg_mod.load(env={})
+    assert "--config" in str(info.value) and "HOOKLANE_CONFIG" in str(info.value)
+
+
 def test_invalid_toml_is_a_config_error() -> None:
     assert "not valid TOML" in refused("[[sources]\nname=")
 

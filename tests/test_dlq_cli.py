@@ -211,17 +211,42 @@ def test_list_since_accepts_iso_8601(env: Env, capsys) -> None:
     assert [e["id"] for e in data["entries"]] == [recent]
 
 
-def test_list_cuts_the_error_column_to_the_terminal_width(env: Env, capsys, monkeypatch) -> None:
+def test_list_cuts_the_error_column_to_the_terminal_width(env: Env, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "120")
     entry_id = write_entry(env, minutes_ago=1, message="x" * 500)
+    out = TtyOutput()
+    monkeypatch.setattr(sys, "stdout", out)
+
+    code = main(["--config", str(env.path), "dlq", "list"])
+
+    assert code == 0
+    table = out.getvalue().split("\n\n")[0].splitlines()
+    assert all(len(line) <= 120 for line in table), table
+    assert table[1].startswith(entry_id + " ")  # the id is never cut: show/replay need it whole
+    assert table[1].endswith("…")
+
+
+def test_list_piped_prints_every_value_whole(env: Env, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    write_entry(env, minutes_ago=1, message="x" * 500, handler="a-handler-name-longer-than-twenty")
 
     code, out, _ = cli(env, capsys, "dlq", "list")
 
     assert code == 0
-    table = out.split("\n\n")[0].splitlines()
-    assert all(len(line) <= 120 for line in table), table
-    assert table[1].startswith(entry_id + " ")  # the id is never cut: show/replay need it whole
-    assert table[1].endswith("…")
+    row = out.split("\n\n")[0].splitlines()[1]
+    assert "x" * 500 in row and "a-handler-name-longer-than-twenty" in row and "…" not in row
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_is_accepted_before_or_after_the_command(env: Env, capsys, where: str) -> None:
+    entry_id = write_entry(env, minutes_ago=1)
+    flag = ["--config", str(env.path)]
+    argv = [*flag, "dlq", "list", "--json"] if where == "before" else ["dlq", "list", "--json", *flag]
+    capsys.readouterr()
+
+    assert main(argv) == 0
+
+    assert [e["id"] for e in json.loads(capsys.readouterr().out)["entries"]] == [entry_id]
 
 
 def test_list_of_an_empty_queue_says_so(env: Env, capsys) -> None:

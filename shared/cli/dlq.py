@@ -133,7 +133,8 @@ def cmd_list(args: argparse.Namespace, config: Config, redis: Redis) -> int:
     if not listing.total:
         print("No dead letters" + ("" if not operator.has_filters(filters) else " match these filters") + ".")
         return 0
-    width = shutil.get_terminal_size((120, 24)).columns
+    # A terminal gets a table cut to its width; a pipe or file gets every value whole (grep, awk, less -S).
+    width = shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else None
     for line in render_table(listing.rows, width):
         print(line)
     print()
@@ -149,10 +150,10 @@ def cmd_list(args: argparse.Namespace, config: Config, redis: Redis) -> int:
     return 0
 
 
-def render_table(rows: list[dict[str, Any]], width: int) -> list[str]:
+def render_table(rows: list[dict[str, Any]], width: int | None) -> list[str]:
     """Columns sized to their content; the last error takes what is left of the terminal width.
 
-    The id is never cut: it is what `show` and `replay` take.
+    The id is never cut: it is what `show` and `replay` take. `width=None` cuts nothing.
     """
     cells = [
         [
@@ -167,12 +168,15 @@ def render_table(rows: list[dict[str, Any]], width: int) -> list[str]:
         for r in rows
     ]
     headers = ["ID", "DIED AT (UTC)", "SOURCE", "TYPE", "HANDLER", "ATT", "LAST ERROR"]
-    caps = [None, None, 16, 24, 20, None]
+    caps = [None, None, 16, 24, 20, None] if width is not None else [None] * 6
     widths = []
     for i, cap in enumerate(caps):
         w = max(len(headers[i]), *(len(c[i]) for c in cells))
         widths.append(min(w, cap) if cap else w)
     gap = 2
+    if width is None:
+        widths.append(max(len(headers[6]), *(len(c[6]) for c in cells)))
+        return _table_lines(headers, cells, widths, gap)
     rest = width - sum(widths) - gap * len(widths)
     # A narrow terminal: give up room in source, type and handler (never below 8) before the error's.
     for i in (3, 4, 2):
@@ -183,6 +187,10 @@ def render_table(rows: list[dict[str, Any]], width: int) -> list[str]:
             widths[i] -= give
             rest += give
     widths.append(max(rest, 20))
+    return _table_lines(headers, cells, widths, gap)
+
+
+def _table_lines(headers: list[str], cells: list[list[str]], widths: list[int], gap: int) -> list[str]:
     lines = []
     for row in [headers, *cells]:
         parts = []
