@@ -30,7 +30,10 @@ from shared.redaction import MASK, Redactor
 
 FILTER_FIELDS = ("source", "provider", "type", "handler", "stage", "error", "since", "until")
 # Kinds counted per minute by the workers (shared.stats.bump), in display order.
-STAT_KINDS = ("processed", "duplicates", "retries", "dead_lettered", "unrouted")
+# "retries": (event, handler) pairs whose first attempt failed and were handed to a retry job;
+# "retry_attempts": every failed attempt that scheduled another one (what
+# hooklane_worker_handler_attempts_total{outcome="retry"} counts, plus delivery-job retries).
+STAT_KINDS = ("processed", "duplicates", "retries", "retry_attempts", "dead_lettered", "unrouted")
 STAT_WINDOWS = (1, 5, 60)
 # `stats` reads every dead letter to group them by handler; past this many it stops rather than
 # pulling gigabytes out of Redis on every poll of a dashboard (the total stays exact).

@@ -13,12 +13,15 @@ from typing import Any
 import pytest
 import redis
 from conftest import BASE_CONFIG, TEST_ENV
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 
 from ingest.app import create_app
 from shared import operator, stats
 from shared.cli import main
 from shared.config import Config
 from shared.envelope import utc_now_iso
+from shared.jobs import SERIALIZER, rq_queue
 from shared.operator import collect_stats
 from shared.providers import volumereach
 from workers import runtime
@@ -100,8 +103,26 @@ def test_stats_after_a_known_sequence(cfg: Config, real_redis: redis.Redis, froz
     assert data["dead_letters"] == {"total": 1, "by_handler": {"crm": 1}, "by_handler_complete": True}
     for window in ("1m", "5m", "60m"):
         got = {kind: counts[window] for kind, counts in data["events"].items()}
-        assert got == {"processed": 2, "duplicates": 1, "retries": 1, "dead_lettered": 1, "unrouted": 0}
+        assert got == {"processed": 2, "duplicates": 1, "retries": 1, "retry_attempts": 1, "dead_lettered": 1,
+                       "unrouted": 0}
     assert data["workers"] == []  # a burst worker leaves when the queue is empty
+
+
+@pytest.mark.redis
+def test_retries_count_pairs_and_retry_attempts_count_every_attempt(cfg: Config, real_redis: redis.Redis,
+                                                                    frozen_minute: float) -> None:
+    known_sequence(cfg, real_redis)  # calendar's first attempt failed: one pair handed to a retry job
+    queue = rq_queue(real_redis, cfg)
+    scheduled = ScheduledJobRegistry(queue=queue)
+    (retry_id,) = scheduled.get_job_ids()
+    scheduled.remove(retry_id)
+    queue.enqueue_job(Job.fetch(retry_id, connection=real_redis, serializer=SERIALIZER))  # its time has come
+
+    build_worker(cfg, redis=real_redis).work(burst=True)  # attempt 2 fails too and schedules attempt 3
+
+    events = collect_stats(real_redis, cfg)["events"]
+    assert events["retries"]["5m"] == 1
+    assert events["retry_attempts"]["5m"] == 2
 
 
 @pytest.mark.redis
@@ -178,12 +199,14 @@ def test_stats_cli_prints_the_same_numbers_as_text_and_json(cfg: Config, real_re
 
     assert data["dead_letters"]["by_handler"] == {"crm": 1}
     assert data["events"]["processed"]["5m"] == 2
-    assert "queue hooklane: 0 waiting, 0 running, 1 retries scheduled" in text
+    assert "queue hooklane: 0 waiting, 0 running, 1 retry jobs scheduled" in text
     assert "dead letters: 1 (crm 1)" in text
     lines = {line.rsplit(None, 3)[0]: line.split()[-3:] for line in text.splitlines()
-             if line.startswith(("events processed", "duplicates dropped", "dead-lettered", "retries scheduled"))}
+             if line.startswith(("events processed", "duplicates dropped", "dead-lettered", "handlers handed",
+                                 "retry attempts"))}
     assert lines == {"events processed": ["2", "2", "2"], "duplicates dropped": ["1", "1", "1"],
-                     "dead-lettered": ["1", "1", "1"], "retries scheduled": ["1", "1", "1"]}
+                     "dead-lettered": ["1", "1", "1"], "handlers handed to retry": ["1", "1", "1"],
+                     "retry attempts scheduled": ["1", "1", "1"]}
     assert "workers alive: 0" in text
 
 

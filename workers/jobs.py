@@ -175,6 +175,7 @@ def _schedule_retry(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, even
     )
     rt.deduper.settle(event["id"], handler.name, "retrying", pipeline=pipe, final=final)
     stats.bump(pipe, rt.config.redis.prefix, "retries")
+    stats.bump(pipe, rt.config.redis.prefix, "retry_attempts")
     log.warning("handler.retry_scheduled", error=attempt["error_class"], message=attempt["message"],
                 status=attempt["status"], retry_in_s=first_wait, retry_job_id=retry_job.id)
     metrics.handler_attempt(handler.name, metrics.RETRY, attempt["duration_ms"] / 1000)
@@ -272,6 +273,9 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
     with hl_logging.bound(job_id=job.id, attempt=len(attempts)):
         if job.retries_left and job.retries_left > 0:
             job.save_meta()
+            pipe = rt.redis.pipeline(transaction=False)
+            stats.bump(pipe, rt.config.redis.prefix, "retry_attempts")
+            pipe.execute()
             log.warning("job.retry_scheduled", stage="handler" if is_handler else "delivery",
                         error=exc_type.__name__, message=attempts[-1]["message"], retries_left=job.retries_left)
             if is_handler:

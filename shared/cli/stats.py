@@ -19,7 +19,8 @@ from shared.operator import STAT_KINDS, STAT_WINDOWS, collect_stats
 LABELS = {
     "processed": "events processed",
     "duplicates": "duplicates dropped",
-    "retries": "retries scheduled",
+    "retries": "handlers handed to retry",
+    "retry_attempts": "retry attempts scheduled",
     "dead_lettered": "dead-lettered",
     "unrouted": "unrouted (no handler)",
 }
@@ -51,7 +52,7 @@ def render(data: dict[str, Any]) -> str:
         f" (oldest waiting {_age(q['oldest_waiting_age_seconds'])})"
     lines = [
         f"queue {q['name']}: {q['waiting']} waiting{oldest}, {q['running']} running, "
-        f"{q['scheduled_retries']} retries scheduled",
+        f"{q['scheduled_retries']} retry jobs scheduled",
     ]
     dl = data["dead_letters"]
     groups = ", ".join(f"{h} {n}" for h, n in dl["by_handler"].items())
