@@ -202,6 +202,22 @@ class _StderrHandler(logging.StreamHandler):
         raise AttributeError("the stream of this handler is always sys.stderr")
 
 
+# RQ's maintenance pass logs these at info every maintenance interval: noise at info, kept at debug.
+_ROUTINE_FOREIGN_LINES = frozenset({
+    "Worker %s: cleaning registries for queue: %s",
+    "Worker %s: cleaning group registries",
+})
+
+
+def _routine_at_debug(record: logging.LogRecord) -> bool:
+    if record.msg not in _ROUTINE_FOREIGN_LINES:
+        return True
+    if _Output.level > logging.DEBUG:
+        return False
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return True
+
+
 def _tail(fmt: str) -> list[Any]:
     """The processors that turn an event dict into the final line, for structlog's lines and stdlib's alike."""
     renderer: Any = (
@@ -244,6 +260,7 @@ def configure(fmt: str | None = None, level: str | None = None) -> None:
         return
     handler = _StderrHandler()
     handler.setFormatter(make_formatter(fmt))
+    handler.addFilter(_routine_at_debug)
     # Keep handlers a test harness attached (pytest's caplog); replace anything else, ours included.
     root.handlers[:] = [h for h in root.handlers if _is_capture_handler(h)] + [handler]
     root.setLevel(level_name)

@@ -400,3 +400,65 @@ def test_no_secret_signature_or_body_in_any_line_from_accept_to_dead_letter(
     for what, value in forbidden.items():
         for raw in err.splitlines():
             assert value not in raw, f"{what} leaked into a log line: {raw[:300]}"
+
+
+# --------------------------------------------------------------------------- levels
+
+
+RETRY_CONFIG = """
+[worker]
+backoff_base_seconds = 0
+backoff_cap_seconds = 0
+backoff_jitter = 0
+
+[[sources]]
+name = "vr"
+provider = "volumereach"
+secrets = ["env:VR_SECRET"]
+
+[handlers.crm]
+type = "http"
+url = "http://127.0.0.1:{port}/hook"
+max_attempts = 3
+
+[[routes]]
+events = ["*"]
+handlers = ["crm"]
+"""
+
+
+def test_a_retry_is_one_warning_without_traceback_and_the_dead_letter_is_the_error(
+    real_redis: redis.Redis, redis_server: RedisServer, make_config: Callable[..., Config],
+    failing_crm: HttpSink, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = make_config(RETRY_CONFIG.format(port=failing_crm.port), redis_url=redis_server.url)
+    body = json.dumps(NOW_BODY).encode()
+    assert create_app(config, real_redis).test_client().post(
+        "/webhooks/vr", data=body, headers=signed(body)).status_code == 200
+
+    build_worker(config, redis=real_redis).work(burst=True)  # attempt 1 inline, 2 and 3 as run_handler jobs
+    _, lines = json_lines(capsys)
+
+    assert len(failing_crm.requests) == 3
+    assert [ln["level"] for ln in lines if ln["event"] in ("handler.retry_scheduled", "job.retry_scheduled",
+                                                           "job.dead_lettered")] == ["warning", "warning", "error"]
+    errors = [ln for ln in lines if ln["level"] in ("error", "critical")]
+    assert [ln["event"] for ln in errors] == ["job.dead_lettered"], errors
+    assert not [ln for ln in lines if "exception" in ln or "Traceback" in ln["event"]]
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_rq_maintenance_lines_are_debug(level: str, capsys: pytest.CaptureFixture[str]) -> None:
+    hl_logging.configure("json", level)
+    capsys.readouterr()
+    rq_log = logging.getLogger("rq.worker")
+    rq_log.setLevel(logging.DEBUG)  # as `worker.work(logging_level=...)` leaves it: the filter must decide
+
+    rq_log.info("Worker %s: cleaning registries for queue: %s", "w1", "hooklane")
+    rq_log.info("Worker %s: started", "w1")
+
+    _, lines = json_lines(capsys)
+    expected = [("Worker w1: started", "info")]
+    if level == "DEBUG":
+        expected.insert(0, ("Worker w1: cleaning registries for queue: hooklane", "debug"))
+    assert [(ln["event"], ln["level"]) for ln in lines] == expected

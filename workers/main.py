@@ -22,10 +22,11 @@ from typing import Any
 
 from prometheus_client.exposition import ThreadingWSGIServer
 from rq import SimpleWorker, Worker
+from rq.job_lifecycle import call_exception_handlers
 
 from shared import logging as hl_logging
 from shared.config import Config
-from shared.jobs import SERIALIZER, rq_queue
+from shared.jobs import PROCESS_DELIVERY, RUN_HANDLER, SERIALIZER, rq_queue
 from shared.redisconn import connect
 from workers import jobs, runtime
 
@@ -45,6 +46,15 @@ class _Grace:
             return int(job.timeout or 60) + self.abandoned_grace
         remaining = (job.timeout or 60) - working_time
         return int(min(remaining, self.job_monitoring_interval)) + self.abandoned_grace  # type: ignore[attr-defined]
+
+    def handle_exception(self, job: Any, *exc_info: Any) -> None:
+        """hooklane's jobs: jobs.on_failure logs the one line each failure deserves (a retry: a warning without
+        traceback; a dead letter: the error, its traceback kept in the dead letter), so RQ's own
+        error-with-traceback line, written before it knows whether the job will be retried, is left out."""
+        if getattr(job, "func_name", None) in (PROCESS_DELIVERY, RUN_HANDLER):
+            call_exception_handlers(self._exc_handlers, job, *exc_info)  # type: ignore[attr-defined]
+            return
+        super().handle_exception(job, *exc_info)  # type: ignore[misc]
 
     def execute_job(self, job: Any, queue: Any) -> Any:
         try:
