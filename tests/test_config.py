@@ -442,3 +442,14 @@ def test_bad_redis_url_in_file_names_the_key() -> None:
     msg = refused("[redis]\nurl = 'http://user:pa55word@host:6379'\n")
     assert msg.startswith("redis.url: ")
     assert "pa55word" not in msg
+
+
+@pytest.mark.parametrize("value", ["not base64!", "whsec_", "whsec_a*b", "=="])
+def test_http_handler_secret_must_be_a_standard_webhooks_secret(value: str) -> None:
+    message = refused(VR + """
+        [handlers.crm]
+        type = "http"
+        url = "https://crm.example/hook"
+        secret = "env:CRM_SECRET"
+    """, CRM_SECRET=value)
+    assert message.startswith("handlers.crm.secret: a Standard Webhooks secret") and "(env:CRM_SECRET)" in message

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+import standardwebhooks
 from http_sink import HttpSink
 
 from shared.config import HandlerConfig, Secret
@@ -43,6 +44,19 @@ def test_http_posts_the_event_as_json_with_the_event_id_as_idempotency_key(http_
     assert headers["idempotency-key"] == EVENT["id"]
     assert headers["content-type"] == "application/json"
     assert "webhook-signature" not in headers
+
+
+@pytest.mark.parametrize("form", ["whsec_", "bare", "unpadded"])
+def test_http_signature_verifies_with_the_standardwebhooks_library(http_sink, form: str) -> None:
+    key = base64.b64encode(b"0123456789abcdef0123456789abcde").decode()  # 31 bytes: one '=' of padding
+    configured = {"whsec_": f"whsec_{key}", "bare": key, "unpadded": key.rstrip("=")}[form]
+    http(hook(http_sink), secret=Secret(configured.encode(), "env:CRM_SECRET"))(EVENT)
+    [req] = http_sink.requests
+
+    # The receiver's side, as a user of the reference library writes it, with the secret in its usual form.
+    payload = standardwebhooks.Webhook(f"whsec_{key}").verify(req.body, dict(req.headers))
+
+    assert payload == EVENT
 
 
 def test_http_signs_with_standard_webhooks_headers_a_receiver_can_verify(http_sink):

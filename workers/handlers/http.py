@@ -3,8 +3,8 @@
 - ``Idempotency-Key: <event id>`` on every attempt, so the receiver can drop our retries.
 - With ``secret = "env:NAME"``, Standard Webhooks headers (``webhook-id``,
   ``webhook-timestamp``, ``webhook-signature: v1,<base64>``) so the receiver can
-  verify us with any Standard Webhooks library. A ``whsec_`` secret is base64
-  after the prefix, as that spec says; any other secret is used as raw bytes.
+  verify us with any Standard Webhooks library. The secret is base64, with or
+  without the ``whsec_`` prefix, as that spec says (checked at config load).
 - One pooled `requests.Session` per handler per process; (connect, read) timeouts.
 - 2xx: done. Timeouts, connection errors, 408, 425, 429 and 5xx: transient
   (``Retry-After`` honoured). Any other status: permanent.
@@ -23,18 +23,12 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from shared.config import HandlerConfig
+from shared.config import HandlerConfig, standard_webhooks_key
 from shared.events import dumps
 from workers.errors import PermanentError, TransientError
 
 TRANSIENT_STATUSES = {408, 425, 429}
 USER_AGENT = "hooklane/0.1 (+webhook relay)"
-
-
-def standard_webhooks_key(secret: bytes) -> bytes:
-    if secret.startswith(b"whsec_"):
-        return base64.b64decode(secret[len(b"whsec_"):])
-    return secret
 
 
 def sign_standard_webhook(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
