@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import shlex
 import sys
@@ -18,7 +19,9 @@ README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8"
 
 def test_the_readme_example_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     [toml] = re.findall(r"```toml\n(.*?)```", README, re.S)
-    env = {name: f"value-of-{name}" for name in re.findall(r'"env:([A-Z_]+)"', toml)}
+    # base64 values: valid for every kind of secret, the Standard Webhooks handler secret included.
+    env = {name: base64.b64encode(f"value-of-{name}".encode()).decode()
+           for name in re.findall(r'"env:([A-Z_]+)"', toml)}
     # The example's python handler names a user module; give it one.
     package = tmp_path / "mypackage"
     package.mkdir()
