@@ -20,8 +20,8 @@ writes, serialised by `Delivery.to_json` (one JSON object):
     delivery_id  the provider's delivery id header, or null
     body_b64     the request body exactly as received, base64 (JSON cannot hold bytes)
 
-Workers read it with `Delivery.from_json`; a dead letter stores the same JSON,
-so a replay sees exactly what ingest saw.
+Workers read it with `Delivery.from_dict` (RQ's JSON serializer has parsed the job's
+arguments); a dead letter stores the same dict, so a replay sees exactly what ingest saw.
 """
 
 from __future__ import annotations
@@ -98,13 +98,6 @@ class Delivery:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise EnvelopeError(f"malformed delivery envelope: {exc!r}") from None
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Delivery:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise EnvelopeError(f"delivery envelope is not JSON: {exc}") from None
 
 
 def log_delivery_id(provider_delivery_id: str | None, body: bytes) -> str:

@@ -17,7 +17,8 @@ dedupe window (7 days by default):
                                         (e.g. ingest's transaction was retried by the client)
     owner != this delivery           -> DUPLICATE: the provider delivered the event again
 
-Crash cases covered (tests/test_dedupe.py, tests/test_worker_redis.py):
+Crash cases covered (tests/test_dedupe.py, tests/test_worker_pipeline.py, and a real SIGKILL in
+tests/test_worker_processes.py):
 - killed after the claim, before any handler: RQ re-runs the job -> RESUME -> all handlers run;
 - killed between two handlers: RESUME skips the first (settled "done"), runs the second;
 - killed after handing a failure to a retry job: the handler is settled "retrying",

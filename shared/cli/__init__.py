@@ -10,16 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shared.cli import config_cmd, serve
+from shared.cli import config_cmd, dev, dlq, send, serve, sink, stats
 
-COMMANDS = [serve, config_cmd]
-
-for _optional in ("dlq", "send", "stats", "dev", "sink"):
-    try:
-        COMMANDS.append(__import__(f"shared.cli.{_optional}", fromlist=["register"]))
-    except ModuleNotFoundError as exc:
-        if exc.name != f"shared.cli.{_optional}":
-            raise
+COMMANDS = [serve, config_cmd, dlq, send, stats, dev, sink]
 
 
 _CONFIG_HELP = "path of hooklane.toml (default: $HOOKLANE_CONFIG or ./hooklane.toml)"
