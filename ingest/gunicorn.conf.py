@@ -1,4 +1,4 @@
-"""gunicorn settings for ingest: ``gunicorn -c ingest/gunicorn.conf.py ingest.wsgi:app`` (what `hooklane ingest` runs).
+"""gunicorn settings for ingest: ``gunicorn -c ingest/gunicorn.conf.py hooklane.ingest.wsgi:app`` (what `hooklane ingest` runs).
 
 Environment:
     HOOKLANE_BIND            HOST:PORT (default 0.0.0.0:$PORT, 8000 without PORT, as Procfile platforms expect)
@@ -116,7 +116,7 @@ _OWNED_METRICS_DIR = "HOOKLANE_INGEST_OWNED_METRICS_DIR"
 
 def on_starting(server: Any) -> None:
     # Fail in the master with the offending key, not once per worker as "Worker failed to boot".
-    from shared.config import ConfigError, load
+    from hooklane.shared.config import ConfigError, load
 
     try:
         load()

@@ -310,7 +310,7 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
 
 
 def _source(s: _Reader) -> SourceConfig:
-    from shared.providers import PROVIDERS  # the registry; imported late to keep config importable alone
+    from hooklane.shared.providers import PROVIDERS  # the registry; imported late to keep config importable alone
 
     s.only("name", "provider", "secrets", "token", "allow_ips", "tolerance_seconds", "insecure", "methods")
     name = s.name("name", None)

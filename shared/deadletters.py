@@ -39,8 +39,8 @@ from typing import Any
 
 from redis import Redis, WatchError
 
-from shared.config import Config
-from shared.envelope import utc_now_iso
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import utc_now_iso
 
 STAGES = ("normalize", "delivery", "handler")
 

@@ -37,11 +37,11 @@ from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from shared import deadletters
-from shared import logging as hl_logging
-from shared.config import Config
+from hooklane.shared import deadletters
+from hooklane.shared import logs
+from hooklane.shared.config import Config
 
-log = hl_logging.get_logger("hooklane.metrics")
+log = logs.get_logger("hooklane.metrics")
 
 
 def _parse_rq_time(value: bytes | str | None) -> float | None:

@@ -25,10 +25,10 @@ from conftest import free_port
 from prometheus_client import CollectorRegistry
 from werkzeug.serving import make_server
 
-from ingest.app import create_app
-from shared.cli import build_parser
-from shared.config import Config
-from workers import metrics as worker_metrics
+from hooklane.ingest.app import create_app
+from hooklane.operators.cli import build_parser
+from hooklane.shared.config import Config
+from hooklane.workers import job_metrics as worker_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

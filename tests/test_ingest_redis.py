@@ -15,11 +15,11 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from ingest.app import create_app
-from shared.config import Config
-from shared.envelope import Delivery, utc_now_iso
-from shared.jobs import PROCESS_DELIVERY, RESULT_TTL, DeliveryEnqueuer, delivery_job_mapping, enqueue_delivery
-from shared.providers import PROVIDERS
+from hooklane.ingest.app import create_app
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import Delivery, utc_now_iso
+from hooklane.shared.queueing import PROCESS_DELIVERY, RESULT_TTL, DeliveryEnqueuer, delivery_job_mapping, enqueue_delivery
+from hooklane.shared.providers import PROVIDERS
 
 pytestmark = pytest.mark.redis
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli.local_redis import find_redis_server
+from hooklane.operators.cli.local_redis import find_redis_server
 
 
 def executable(path: Path) -> str:

@@ -18,8 +18,9 @@ import requests
 from http_sink import HttpSink, SinkRequest
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
-from shared import sending, stats
-from shared.config import Config
+from hooklane.operators import sending
+from hooklane.shared import counters
+from hooklane.shared.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_HOOKLANE = Path(sys.executable).with_name("hooklane")
@@ -253,6 +254,6 @@ class Pipeline:
         wait_for(quiet, timeout, "the queue to drain", self.explain)
 
     def stat(self, kind: str) -> int:
-        return stats.recent(self.redis, self.config.redis.prefix, kind, minutes=60)
+        return counters.recent(self.redis, self.config.redis.prefix, kind, minutes=60)
 
 

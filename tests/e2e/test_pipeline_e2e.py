@@ -30,10 +30,11 @@ from e2e.harness import (
     start_process,
     wait_for,
 )
-from shared import deadletters, sending
-from shared.cli.dev import free_port
-from shared.envelope import Delivery
-from shared.providers import PROVIDERS
+from hooklane.shared import deadletters
+from hooklane.operators import sending
+from hooklane.operators.cli.dev import free_port
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers import PROVIDERS
 
 pytestmark = pytest.mark.e2e
 

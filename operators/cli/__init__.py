@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shared.cli import config_cmd, dev, dlq, send, serve, sink, stats
+from hooklane.operators.cli import config_cmd, dev, dlq, send, serve, sink, stats
 
 COMMANDS = [serve, config_cmd, dlq, send, stats, dev, sink]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from redis import RedisError
 
-from shared.cli.common import load_config, redis_for
-from shared.operator import STAT_KINDS, STAT_WINDOWS, collect_stats
+from hooklane.operators.cli.common import load_config, redis_for
+from hooklane.operators.actions import STAT_KINDS, STAT_WINDOWS, collect_stats
 
 LABELS = {
     "processed": "events processed",

@@ -32,11 +32,11 @@ from urllib.parse import urlsplit
 
 import redis
 
-from shared import config as config_mod
-from shared import sending
-from shared.cli.local_redis import find_redis_server
-from shared.config import Config, ConfigError
-from shared.redisconn import connect
+from hooklane.shared import config as config_mod
+from hooklane.operators import sending
+from hooklane.operators.cli.local_redis import find_redis_server
+from hooklane.shared.config import Config, ConfigError
+from hooklane.shared.redisconn import connect
 
 SAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "dev.toml"
 

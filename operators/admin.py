@@ -24,10 +24,10 @@ from typing import Any
 import redis as redis_lib
 from flask import Blueprint, Flask, Response, request
 
-from shared import deadletters
-from shared import logging as hl_logging
-from shared.config import Config
-from shared.operator import (
+from hooklane.shared import deadletters
+from hooklane.shared import logs
+from hooklane.shared.config import Config
+from hooklane.operators.actions import (
     FILTER_FIELDS,
     NOT_FOUND,
     WOULD_REPLAY,
@@ -43,7 +43,7 @@ from shared.operator import (
     replay_one,
 )
 
-log = hl_logging.get_logger("hooklane.admin")
+log = logs.get_logger("hooklane.admin")
 
 TOKEN_ENV = "HOOKLANE_ADMIN_TOKEN"
 DEFAULT_PAGE = 50
