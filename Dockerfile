@@ -1,6 +1,8 @@
 # One image for both processes:
 #   docker run IMAGE                    -> hooklane ingest (gunicorn on $PORT, default 8000)
 #   docker run IMAGE hooklane worker    -> a worker (set HOOKLANE_HEALTHCHECK_URL, see below)
+#   docker run IMAGE hooklane admin --bind 0.0.0.0:8002
+#                                       -> the admin API (HOOKLANE_ADMIN_TOKEN; publish 8002 on a private network only)
 # Config: mount hooklane.toml at $HOOKLANE_CONFIG; pass secrets and REDIS_URL as environment variables.
 FROM python:3.11-slim
 

@@ -1,7 +1,7 @@
 """The ingest WSGI app: authenticate, enqueue the raw delivery, answer.
 
 Per request: look up the source, check method and size, authenticate over the
-raw bytes, then one atomic Redis command (shared.jobs.DeliveryEnqueuer), one log
+raw bytes, then one atomic Redis command (shared.queueing.DeliveryEnqueuer), one log
 line, and the answer. No JSON parsing beyond a first-byte sanity check, no
 handler code, no outbound calls: everything else happens in the workers.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -22,19 +23,19 @@ from werkzeug.routing import Rule
 from werkzeug.wsgi import get_content_length
 
 from hooklane.ingest import http_metrics as metrics
-from hooklane.operators.admin import register_admin
 from hooklane.ingest.auth import authenticate, client_ip
 from hooklane.shared import logs as hl_logging
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import Delivery, log_delivery_id, utc_now_iso
-from hooklane.shared.queueing import DeliveryEnqueuer
 from hooklane.shared.providers import PROVIDERS
 from hooklane.shared.providers.base import VerificationError
+from hooklane.shared.queueing import DeliveryEnqueuer
 from hooklane.shared.redaction import Redactor
 from hooklane.shared.redisconn import connect
 
 log = hl_logging.get_logger("hooklane.ingest")
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
 _JSON = "application/json"
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode  # built once, not per answer
 _WS = b" \t\r\n"
@@ -124,7 +125,8 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
 ) -> Flask:
-    app = Flask("hooklane.ingest")
+    # Paths given: Flask's own lookup fails for a namespace package (hooklane.*) under an editable install.
+    app = Flask("hooklane.ingest", root_path=_HERE, instance_path=_HERE)
     app.config["MAX_CONTENT_LENGTH"] = config.ingest.max_body_bytes
     # werkzeug would answer /webhooks//x with an HTML 308 to /webhooks/x; a webhook sender wants a plain 404.
     app.url_map.merge_slashes = False
@@ -258,5 +260,4 @@ def create_app(
             counter.inc()
         return resp
 
-    register_admin(app, config, conn)
     return app

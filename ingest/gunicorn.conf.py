@@ -1,4 +1,6 @@
-"""gunicorn settings for ingest: ``gunicorn -c ingest/gunicorn.conf.py hooklane.ingest.wsgi:app`` (what `hooklane ingest` runs).
+"""gunicorn settings for ingest: what `hooklane ingest` runs.
+
+    gunicorn -c ingest/gunicorn.conf.py hooklane.ingest.wsgi:app
 
 Environment:
     HOOKLANE_BIND            HOST:PORT (default 0.0.0.0:$PORT, 8000 without PORT, as Procfile platforms expect)
@@ -14,22 +16,9 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
-# The checkout this file lives in, so `ingest.wsgi` imports from any working directory even when the
-# package is not installed (with an installed package this is its site-packages, which is harmless).
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from gunicorn import glogging  # noqa: E402
-
-from shared import logging as hl_logging  # noqa: E402  (needs _ROOT on sys.path)
-
-pythonpath = _ROOT
 bind = [os.environ.get("HOOKLANE_BIND") or f"0.0.0.0:{os.environ.get('PORT') or 8000}"]
 
 # sync, chosen by measurement (bench/ingest, 3 interleaved rounds on 2 CPUs, docs/benchmarks.md):
@@ -87,25 +76,7 @@ accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("HOOKLANE_LOG_LEVEL", "info").lower()
 
-
-
-
-class Logger(glogging.Logger):
-    """gunicorn's own lines (gunicorn.error, gunicorn.access) through shared.logging: one format per process.
-
-    `setup` runs at start and again on every SIGHUP reload, re-adding gunicorn's handlers; handing
-    the records back to the root logger each time keeps the format after a reload.
-    """
-
-    def setup(self, cfg: Any) -> None:
-        super().setup(cfg)
-        hl_logging.configure()
-        for log in (self.error_log, self.access_log):
-            log.handlers[:] = []
-            log.propagate = True
-
-
-logger_class = Logger
+logger_class = "hooklane.ingest.gunicorn_logging.Logger"
 
 # Prometheus: each worker is a process with its own counters; in multiprocess mode they write to
 # files in PROMETHEUS_MULTIPROC_DIR and /metrics sums them. on_starting sets it in the master, before

@@ -22,15 +22,15 @@ from typing import Any
 
 from redis import Redis
 
-from hooklane.shared import deadletters
 from hooklane.shared import counters as stats
+from hooklane.shared import deadletters
 from hooklane.shared.config import Config
 from hooklane.shared.deadletters import Filters, ReplayConflict
 from hooklane.shared.envelope import iso_utc
 from hooklane.shared.redaction import MASK, Redactor
 
 FILTER_FIELDS = ("source", "provider", "type", "handler", "stage", "error", "since", "until")
-# Kinds counted per minute by the workers (shared.stats.bump), in display order.
+# Kinds counted per minute by the workers (shared.counters.bump), in display order.
 # "retries": (event, handler) pairs whose first attempt failed and were handed to a retry job;
 # "retry_attempts": every failed attempt that scheduled another one (what
 # hooklane_worker_handler_attempts_total{outcome="retry"} counts, plus delivery-job retries).

@@ -1,4 +1,4 @@
-"""The admin API on the ingest app: dead letters and stats over HTTP, for operators' own tooling.
+"""The admin API: dead letters and stats over HTTP, for operators' own tooling, in a process of its own.
 
     GET    /admin/dead-letters                 filters + limit/offset, newest first
     GET    /admin/dead-letters/<id>            the entry in full, secrets redacted
@@ -6,11 +6,13 @@
     POST   /admin/dead-letters/replay          {"all": true} and/or filters, "dry_run", "limit"
     DELETE /admin/dead-letters/<id>
     GET    /admin/stats
+    GET    /healthz                            no token: for the platform's health check
 
-Every route needs ``Authorization: Bearer $HOOKLANE_ADMIN_TOKEN``. The token is
-read once, when the app is created; without one the routes are not registered
-at all, so an instance nobody configured for administration exposes nothing
-(404). Filters mean exactly what they mean in `hooklane dlq` (shared.operator).
+`hooklane admin --bind 127.0.0.1:8002` serves it (gunicorn, operators/admin_gunicorn.py), never on
+the public ingest port, so a provider-facing port carries only /webhooks/, health and metrics.
+Every /admin route needs ``Authorization: Bearer $HOOKLANE_ADMIN_TOKEN``; the token is read once,
+when the app is created, and `hooklane admin` refuses to start without one. Filters mean exactly
+what they mean in `hooklane dlq` (operators.actions).
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ from typing import Any
 
 import redis as redis_lib
 from flask import Blueprint, Flask, Response, request
+from werkzeug.exceptions import HTTPException
 
-from hooklane.shared import deadletters
-from hooklane.shared import logs
-from hooklane.shared.config import Config
 from hooklane.operators.actions import (
     FILTER_FIELDS,
     NOT_FOUND,
@@ -42,6 +42,10 @@ from hooklane.operators.actions import (
     replay_many,
     replay_one,
 )
+from hooklane.shared import deadletters, logs
+from hooklane.shared.config import Config
+from hooklane.shared.redaction import Redactor
+from hooklane.shared.redisconn import connect
 
 log = logs.get_logger("hooklane.admin")
 
@@ -60,10 +64,45 @@ def _refused(status: int, reason: str) -> Response:
     return _json(status, {"status": "refused", "reason": reason})
 
 
+def admin_token() -> str:
+    """The configured token, or "" when none is (spaces only count as none)."""
+    return os.environ.get(TOKEN_ENV, "").strip()
+
+
+def create_admin_app(config: Config, redis_client: redis_lib.Redis | None = None, *,
+                     token: str | None = None) -> Flask:
+    """The admin API as a WSGI app of its own. Without a token the /admin routes do not exist (404)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    # Paths given: Flask's own lookup fails for a namespace package (hooklane.*) under an editable install.
+    app = Flask("hooklane.admin", root_path=here, instance_path=here)
+    # A pool connects on first use: the API starts, and answers 503 per request, while Redis is down.
+    conn = redis_client if redis_client is not None else connect(config.redis.url, socket_timeout=10.0)
+    logs.add_secret_values(Redactor.from_config(config).values)
+    register_admin(app, config, conn, token=token)
+
+    @app.before_request
+    def fresh_context() -> None:
+        logs.clear()  # an audit line carries this request's fields only
+
+    @app.get("/healthz", provide_automatic_options=False)
+    def healthz() -> Response:
+        return _json(200, {"status": "alive"})
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        return _refused(exc.code or 400, (exc.name or "bad request").lower())
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("admin.unexpected_error")
+        return _refused(500, "internal error")
+
+    return app
+
+
 def register_admin(app: Flask, config: Config, conn: redis_lib.Redis, *, token: str | None = None) -> bool:
     """Add the admin routes when a token is configured; True if they were added."""
-    token = os.environ.get(TOKEN_ENV, "") if token is None else token
-    token = token.strip()
+    token = admin_token() if token is None else token.strip()
     if not token:
         return False
     if len(token) < 16:

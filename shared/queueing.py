@@ -18,6 +18,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from hooklane.shared.config import Config
@@ -31,6 +32,12 @@ SERIALIZER = JSONSerializer
 RESULT_TTL = 1
 PROCESS_DELIVERY = "hooklane.workers.jobs.process_delivery"
 RUN_HANDLER = "hooklane.workers.jobs.run_handler"
+# The names jobs written before the hooklane.* namespace carry in their hashes (queued deliveries,
+# scheduled retries, failed jobs): read as today's names, so an upgrade with a non-empty queue loses nothing.
+LEGACY_FUNC_NAMES = {
+    "workers.jobs.process_delivery": PROCESS_DELIVERY,
+    "workers.jobs.run_handler": RUN_HANDLER,
+}
 
 
 def queue_name(config: Config) -> str:
@@ -178,10 +185,18 @@ def enqueue_delivery(redis: Redis, delivery: Delivery, config: Config) -> None:
 # Handler retries and replays are rare, so they use RQ's own API.
 
 
+class HooklaneJob(Job):
+    """RQ's Job, reading the function names of jobs written by an earlier layout as today's."""
+
+    def _deserialize_data(self) -> None:
+        super()._deserialize_data()
+        self._func_name = LEGACY_FUNC_NAMES.get(self._func_name, self._func_name)  # type: ignore[arg-type]
+
+
 def rq_queue(redis: Redis, config: Config):  # -> rq.Queue
     from rq import Queue
 
-    return Queue(queue_name(config), connection=redis, serializer=SERIALIZER,
+    return Queue(queue_name(config), connection=redis, serializer=SERIALIZER, job_class=HooklaneJob,
                  default_timeout=config.worker.job_timeout_seconds)
 
 
@@ -192,9 +207,7 @@ def _failure_ttl(config: Config) -> int:
 
 def _create_job(redis: Redis, config: Config, func: str, arg: dict, *, job_id: str | None, description: str,
                 prior_attempts: list[dict], replays: list[dict] | None, retry: Any):
-    from rq.job import Job
-
-    return Job.create(
+    return HooklaneJob.create(
         func,
         args=[arg],
         connection=redis,

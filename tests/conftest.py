@@ -27,9 +27,9 @@ import pytest
 import redis
 from http_sink import HttpSink
 
+from hooklane.operators.cli.local_redis import find_redis_server
 from hooklane.shared import config as cfg_mod
 from hooklane.shared import deadletters
-from hooklane.operators.cli.local_redis import find_redis_server
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import iso_utc
 

@@ -15,11 +15,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hooklane.ingest.app import create_app
+from hooklane.operators.admin import create_admin_app
+from hooklane.operators.cli import main
 from hooklane.shared import deadletters
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import iso_utc
-from hooklane.shared.queueing import queue_name
 from hooklane.shared.providers import volumereach
+from hooklane.shared.queueing import queue_name
 from hooklane.workers import runtime
 from hooklane.workers.main import build_worker
 
@@ -58,7 +60,7 @@ def fake_app(make_config: Any, fake_redis: redis.Redis, monkeypatch: pytest.Monk
              ) -> tuple[FlaskClient, Config, redis.Redis]:
     monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", TOKEN)
     config = make(make_config, fake_redis)
-    return create_app(config, fake_redis).test_client(), config, fake_redis
+    return create_admin_app(config, fake_redis).test_client(), config, fake_redis
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def real_app(make_config: Any, real_redis: redis.Redis, redis_server: Any, monke
              ) -> Iterator[tuple[FlaskClient, Config, redis.Redis]]:
     monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", TOKEN)
     config = make(make_config, real_redis, redis_url=redis_server.url)
-    yield create_app(config, real_redis).test_client(), config, real_redis
+    yield create_admin_app(config, real_redis).test_client(), config, real_redis
     runtime.install(None)
 
 
@@ -80,7 +82,7 @@ def real_app(make_config: Any, real_redis: redis.Redis, redis_server: Any, monke
 def test_without_a_configured_token_the_admin_routes_do_not_exist(make_config, fake_redis, monkeypatch, method,
                                                                    path) -> None:
     monkeypatch.delenv("HOOKLANE_ADMIN_TOKEN", raising=False)
-    client = create_app(make(make_config, fake_redis), fake_redis).test_client()
+    client = create_admin_app(make(make_config, fake_redis), fake_redis).test_client()
 
     resp = client.open(path, method=method, headers=auth(), json={"all": True})
 
@@ -90,7 +92,7 @@ def test_without_a_configured_token_the_admin_routes_do_not_exist(make_config, f
 
 def test_an_empty_token_does_not_enable_the_routes(make_config, fake_redis, monkeypatch) -> None:
     monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", "  ")
-    client = create_app(make(make_config, fake_redis), fake_redis).test_client()
+    client = create_admin_app(make(make_config, fake_redis), fake_redis).test_client()
     assert client.get("/admin/stats", headers={"Authorization": "Bearer  "}).status_code == 404
 
 
@@ -130,7 +132,7 @@ def test_the_right_token_is_200(fake_app) -> None:
 
 def test_the_token_is_read_once_when_the_app_is_created(make_config, fake_redis, monkeypatch) -> None:
     monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", TOKEN)
-    client = create_app(make(make_config, fake_redis), fake_redis).test_client()
+    client = create_admin_app(make(make_config, fake_redis), fake_redis).test_client()
     monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", "rotated-but-not-restarted-token")
 
     assert client.get("/admin/stats", headers=auth()).status_code == 200
@@ -246,7 +248,7 @@ def test_replay_one_enqueues_its_job_once_and_a_second_replay_is_404(real_app) -
 def test_replay_of_an_entry_whose_handler_was_removed_is_409(real_app, make_config, redis_server) -> None:
     _, config, r = real_app
     entry_id = add_dead_letter(r, config, minutes_ago=1, handler="gone")
-    client = create_app(config, r).test_client()
+    client = create_admin_app(config, r).test_client()
 
     resp = client.post(f"/admin/dead-letters/{entry_id}/replay", headers=auth())
 
@@ -339,7 +341,7 @@ def test_redis_down_is_503_with_retry_after_not_500(make_config, monkeypatch) ->
     monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", TOKEN)
     # No client-side retries: the test is about the answer, not redis-py's backoff.
     down = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    client = create_app(make(make_config, down), down).test_client()
+    client = create_admin_app(make(make_config, down), down).test_client()
 
     for resp in (client.get("/admin/dead-letters", headers=auth()), client.get("/admin/stats", headers=auth()),
                  client.post("/admin/dead-letters/replay", headers=auth(), json={"all": True})):
@@ -358,11 +360,12 @@ def test_after_an_outage_a_filtered_http_replay_delivers_every_dead_letter(make_
     http_sink.status_by_path["/crm"] = 503
     try:
         config = make(make_config, real_redis, url=http_sink.url, redis_url=redis_server.url)
-        client = create_app(config, real_redis).test_client()
+        client = create_admin_app(config, real_redis).test_client()
+        ingest = create_app(config, real_redis).test_client()
         for i in range(3):
             raw = json.dumps({"event": "call.completed", "data": {"call_id": f"c{i}", "outcome": "INTERESTED"}})
             headers = volumereach.sign(raw.encode(), TEST_ENV["VR_SECRET"].encode())
-            assert client.post("/webhooks/vr", data=raw, headers=headers).status_code == 200
+            assert ingest.post("/webhooks/vr", data=raw, headers=headers).status_code == 200
         build_worker(config, redis=real_redis).work(burst=True)
         listed = client.get("/admin/dead-letters?handler=crm", headers=auth()).get_json()
         assert listed["count"] == 3
@@ -376,3 +379,31 @@ def test_after_an_outage_a_filtered_http_replay_delivers_every_dead_letter(make_
         assert client.get("/admin/dead-letters", headers=auth()).get_json()["count"] == 0
     finally:
         runtime.install(None)
+
+
+@pytest.mark.parametrize("path", ["/admin/stats", "/admin/dead-letters"])
+def test_the_public_ingest_port_serves_no_admin_route_even_with_a_token(make_config, fake_redis, monkeypatch,
+                                                                         path) -> None:
+    monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", TOKEN)
+    client = create_app(make(make_config, fake_redis), fake_redis).test_client()
+
+    assert client.get(path, headers=auth()).status_code == 404
+
+
+def test_the_admin_app_answers_its_health_check_without_a_token(make_config, fake_redis, monkeypatch) -> None:
+    monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", TOKEN)
+    client = create_admin_app(make(make_config, fake_redis), fake_redis).test_client()
+
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/webhooks/vr").status_code == 404  # and nothing of ingest's
+
+
+def test_hooklane_admin_refuses_to_start_without_a_token(make_config, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("HOOKLANE_ADMIN_TOKEN", raising=False)
+    path = tmp_path / "hooklane.toml"
+    path.write_text(SOURCES + HANDLERS.format(url="http://127.0.0.1:9"), encoding="utf-8")
+    for name, value in TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+
+    assert main(["--config", str(path), "admin"]) == 2
+    assert "HOOKLANE_ADMIN_TOKEN is not set" in capsys.readouterr().err

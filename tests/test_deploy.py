@@ -66,14 +66,15 @@ def assert_is_hooklane_command(argv: list[str]) -> None:
 # --------------------------------------------------------------------------- Procfile
 
 
-def test_procfile_runs_the_two_processes_as_hooklane_subcommands() -> None:
+def test_procfile_runs_the_three_processes_as_hooklane_subcommands() -> None:
     entries = {}
     for line in (ROOT / "Procfile").read_text().splitlines():
         if line.strip():
             name, _, command = line.partition(":")
             entries[name.strip()] = shlex.split(command)
-    assert set(entries) == {"web", "worker"}
+    assert set(entries) == {"web", "worker", "admin"}
     assert entries["web"] == ["hooklane", "ingest"] and entries["worker"] == ["hooklane", "worker"]
+    assert entries["admin"] == ["hooklane", "admin"]  # its default bind is 127.0.0.1: never the public port
     for argv in entries.values():
         assert_is_hooklane_command(argv)
 
@@ -196,7 +197,7 @@ def test_dockerignore_keeps_what_the_build_needs_and_drops_local_state() -> None
                 if ln.strip() and not ln.startswith("#")]
     readme = PYPROJECT["project"]["readme"]  # setuptools reads it while installing
     for needed in ("pyproject.toml", readme, "ingest/app.py", "ingest/gunicorn.conf.py", "workers/main.py",
-                   "shared/cli/__init__.py", "shared/dev.toml"):
+                   "operators/cli/__init__.py", "operators/dev.toml"):
         assert not _ignored(needed, patterns), f"{needed} would be missing from the image"
     for local in (".venv/bin/python", ".git/HEAD", "hooklane.toml", ".env", "shared/__pycache__/x.pyc"):
         assert _ignored(local, patterns), f"{local} would be copied into the image"

@@ -25,13 +25,13 @@ from conftest import BASE_CONFIG, TEST_ENV, add_dead_letter
 from http_sink import HttpSink, SinkRequest
 
 from hooklane.ingest.app import create_app
-from hooklane.shared import deadletters
 from hooklane.operators import actions as operator
 from hooklane.operators.cli import main
+from hooklane.shared import deadletters
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import iso_utc
-from hooklane.shared.queueing import queue_name
 from hooklane.shared.providers import PROVIDERS, volumereach
+from hooklane.shared.queueing import queue_name
 from hooklane.workers import runtime
 from hooklane.workers.main import build_worker
 

@@ -25,8 +25,8 @@ from hooklane.ingest.app import create_app
 from hooklane.shared import logs as hl_logging
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import Delivery
-from hooklane.shared.queueing import PROCESS_DELIVERY
 from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.queueing import PROCESS_DELIVERY
 from hooklane.shared.redisconn import connect
 
 NOW = 1_750_000_000

@@ -28,8 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hooklane.ingest import http_metrics as ingest_metrics
 from hooklane.ingest.app import create_app
-from hooklane.shared import deadletters
-from hooklane.shared import logs
+from hooklane.shared import deadletters, logs
 from hooklane.shared.config import Config
 from hooklane.shared.providers import volumereach
 from hooklane.shared.queue_metrics import QueueCollector
@@ -352,7 +351,7 @@ def test_the_operations_guide_names_exactly_the_metrics_that_exist(
     import re
 
     from hooklane.shared.queue_metrics import build_registry
-    from workers import metrics as _worker_metrics  # noqa: F401 - registers the worker metrics
+    from hooklane.workers import job_metrics as _worker_metrics  # noqa: F401 - registers the worker metrics
 
     config = make_config(BASE_CONFIG, redis_url=redis_server.url)
     exposed = set()

@@ -18,13 +18,14 @@ from rq.registry import ScheduledJobRegistry
 
 from hooklane.ingest.app import create_app
 from hooklane.operators import actions as operator
-from hooklane.shared import counters as stats
+from hooklane.operators.actions import collect_stats
+from hooklane.operators.admin import create_admin_app
 from hooklane.operators.cli import main
+from hooklane.shared import counters as stats
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import utc_now_iso
-from hooklane.shared.queueing import SERIALIZER, rq_queue
-from hooklane.operators.actions import collect_stats
 from hooklane.shared.providers import volumereach
+from hooklane.shared.queueing import SERIALIZER, rq_queue
 from hooklane.workers import runtime
 from hooklane.workers.main import build_worker
 
@@ -216,7 +217,7 @@ def test_admin_stats_serves_the_same_function(cfg: Config, real_redis: redis.Red
                                               frozen_minute: float) -> None:
     monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", "stats-token-0123456789")
     known_sequence(cfg, real_redis)
-    client = create_app(cfg, real_redis).test_client()
+    client = create_admin_app(cfg, real_redis).test_client()
 
     resp = client.get("/admin/stats", headers={"Authorization": "Bearer stats-token-0123456789"})
 

@@ -16,8 +16,8 @@ from support import handlers as th
 from hooklane.ingest.app import create_app
 from hooklane.shared import deadletters
 from hooklane.shared.config import Config
-from hooklane.shared.queueing import SERIALIZER
 from hooklane.shared.providers import volumereach
+from hooklane.shared.queueing import SERIALIZER
 from hooklane.workers import runtime
 from hooklane.workers.main import build_worker
 
@@ -107,6 +107,20 @@ def test_an_accepted_delivery_reaches_every_routed_handler_as_a_canonical_event(
         assert event["type"] == "call.completed"
         assert event["delivery_id"] == "dlv-1"
         assert event["call"]["phone"] == "+15551234567"
+
+
+def test_a_job_written_before_the_hooklane_namespace_still_runs(cfg, real_redis):
+    # Jobs queued (or scheduled for a retry) by the previous layout name `workers.jobs.*` in their hash.
+    deliver(cfg, real_redis, payload("call_legacy"))
+    [job_id] = [i.decode() for i in real_redis.lrange("rq:queue:hooklane", 0, -1)]
+    data = real_redis.hget(f"rq:job:{job_id}", "data").decode()
+    assert data.startswith('["hooklane.workers.jobs.process_delivery"')
+    real_redis.hset(f"rq:job:{job_id}", "data", data.replace("hooklane.workers.jobs.", "workers.jobs.", 1))
+
+    drain(cfg, real_redis)
+
+    assert [e["call"]["id"] for e in calls("first")] == ["call_legacy"]
+    assert [e["call"]["id"] for e in calls("second")] == ["call_legacy"]
 
 
 def test_a_redelivered_event_fans_out_only_once(cfg, real_redis):

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
+from hooklane.shared.backoff import delays
 from hooklane.shared.config import WorkerConfig
 from hooklane.shared.envelope import Delivery
 from hooklane.shared.providers.base import to_iso, to_seconds
 from hooklane.shared.redaction import Redactor
-from hooklane.shared.backoff import delays
 from hooklane.workers.errors import NormalizeFailed, PermanentError, TransientError, is_permanent
 from hooklane.workers.jobs import normalize
 

@@ -28,17 +28,16 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from hooklane.shared import deadletters
-from hooklane.shared import counters
+from hooklane.shared import counters, deadletters
 from hooklane.shared import logs as hl_logging
+from hooklane.shared.backoff import delays
 from hooklane.shared.config import HandlerConfig
 from hooklane.shared.envelope import Delivery, EnvelopeError, log_delivery_id, utc_now_iso
 from hooklane.shared.events import Event
-from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
 from hooklane.shared.providers import PROVIDERS
-from hooklane.workers import runtime
+from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
 from hooklane.workers import job_metrics as metrics
-from hooklane.shared.backoff import delays
+from hooklane.workers import runtime
 from hooklane.workers.errors import NormalizeFailed, PermanentError, is_permanent
 
 log = hl_logging.get_logger("hooklane.worker")

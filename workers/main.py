@@ -26,7 +26,7 @@ from rq.job_lifecycle import call_exception_handlers
 
 from hooklane.shared import logs as hl_logging
 from hooklane.shared.config import Config
-from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, SERIALIZER, rq_queue
+from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, SERIALIZER, HooklaneJob, rq_queue
 from hooklane.shared.redisconn import connect
 from hooklane.workers import jobs, runtime
 
@@ -83,6 +83,7 @@ def build_worker(config: Config, *, redis: Any = None, name: str | None = None) 
     worker = cls(
         [rq_queue(conn, config)],
         connection=conn,
+        job_class=HooklaneJob,
         name=name or f"hooklane-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         serializer=SERIALIZER,
         exception_handlers=[jobs.on_failure],

@@ -2,7 +2,7 @@
 
 Runs, as child processes: a private `redis-server` (unless one is given),
 `hooklane ingest` on 127.0.0.1:PORT and one `hooklane worker` with the
-scheduler, all on the sample config `shared/dev.toml` (a source per provider,
+scheduler, all on the sample config `operators/dev.toml` (a source per provider,
 a log handler, a local suppression list). Ctrl-C / SIGTERM stops them in
 order — ingest, then the worker (it finishes its job), then Redis — and a
 child that dies on its own stops the rest and makes `hooklane dev` exit 1.
@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 
 import redis
 
-from hooklane.shared import config as config_mod
 from hooklane.operators import sending
 from hooklane.operators.cli.local_redis import find_redis_server
+from hooklane.shared import config as config_mod
 from hooklane.shared.config import Config, ConfigError
 from hooklane.shared.redisconn import connect
 
@@ -48,10 +48,11 @@ DEV_ENV = {
     "HOOKLANE_DEV_VOLUBILE_SECRET": "dev-volubile-secret",
     "HOOKLANE_DEV_VOIPBIN_TOKEN": "dev-voipbin-token",
     "HOOKLANE_DEV_VOICEKIT_TOKEN": "dev-voicekit-token",
+    "HOOKLANE_ADMIN_TOKEN": "dev-admin-token-only-for-127.0.0.1",
 }
 
 # Runs the hooklane CLI in a child without depending on the console script being on PATH.
-_CLI = "import sys; from shared.cli import main; sys.exit(main(sys.argv[1:]))"
+_CLI = "import sys; from hooklane.operators.cli import main; sys.exit(main(sys.argv[1:]))"
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -69,8 +70,10 @@ or point it at a Redis you already run (use a database you can spare):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dev", help="run ingest, a worker and (if needed) a private Redis locally, on a sample config")
+    p = sub.add_parser("dev", help="run ingest, a worker, the admin API and (if needed) a private Redis locally, "
+                                   "on a sample config")
     p.add_argument("--port", type=int, default=8000, help="ingest port on 127.0.0.1 (default 8000)")
+    p.add_argument("--admin-port", type=int, default=8002, help="admin API port on 127.0.0.1 (default 8002)")
     p.add_argument("--redis-url", help="use this Redis instead of a private one (default: $REDIS_URL, else private)")
     p.add_argument("--ingest-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     p.add_argument("--sink-port", type=int, default=8001,
@@ -256,9 +259,10 @@ def _dev(args: argparse.Namespace, workdir: Path) -> int:
     except ConfigError as exc:
         print(f"hooklane dev: config error: {exc}", file=sys.stderr)
         return 2
-    if port_in_use(args.port):
-        print(f"hooklane dev: 127.0.0.1:{args.port} is already in use; pick another with --port", file=sys.stderr)
-        return 2
+    for port, flag in ((args.port, "--port"), (args.admin_port, "--admin-port")):
+        if port_in_use(port):
+            print(f"hooklane dev: 127.0.0.1:{port} is already in use; pick another with {flag}", file=sys.stderr)
+            return 2
 
     stop = _Stop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -276,13 +280,13 @@ def _dev(args: argparse.Namespace, workdir: Path) -> int:
         children.append(spawn("ingest", [*base, "ingest", "--bind", f"127.0.0.1:{args.port}",
                                          "--workers", str(args.ingest_workers)], env))
         children.append(spawn("worker", [*base, "worker", "--name", f"hooklane-dev-{os.getpid()}"], env))
+        children.append(spawn("admin", [*base, "admin", "--bind", f"127.0.0.1:{args.admin_port}"], env))
 
-        health = f"http://127.0.0.1:{args.port}/readyz"
-        if not wait_until(lambda: http_ok(health), children, stop, STARTUP_TIMEOUT):
-            if stop.signum is None and all(c.alive() for c in children):
-                print(f"hooklane dev: ingest did not answer {health} within {STARTUP_TIMEOUT:.0f}s",
-                      file=sys.stderr)
-                return 1
+        for health in (f"http://127.0.0.1:{args.port}/readyz", f"http://127.0.0.1:{args.admin_port}/healthz"):
+            if not wait_until(lambda url=health: http_ok(url), children, stop, STARTUP_TIMEOUT):
+                if stop.signum is None and all(c.alive() for c in children):
+                    print(f"hooklane dev: {health} did not answer within {STARTUP_TIMEOUT:.0f}s", file=sys.stderr)
+                    return 1
         if stop.signum is None and all(c.alive() for c in children):
             env_file = write_env_file(workdir, env, ("HOOKLANE_CONFIG", "REDIS_URL", *DEV_ENV))
             print(banner(args, config, config_path, redis_url, redis_child, children, env_file), flush=True)
@@ -319,7 +323,7 @@ def choose_redis(args: argparse.Namespace, config: Config, workdir: Path,
     is used when it answers, else the private server takes over (said on stderr).
 
     The binary is the system's redis-server, else the one the `embedded-redis`
-    extra built (shared.cli.local_redis; `make dev` installs the extra only when
+    extra built (operators.cli.local_redis; `make dev` installs the extra only when
     the system has none). With neither, we exit with how to get one: fakeredis
     cannot run RQ workers (CLIENT INFO crashes them; ~45 ms per transaction).
     """
@@ -381,6 +385,8 @@ def banner(args: argparse.Namespace, config: Config, config_path: Path, redis_ur
         "hooklane dev is running (Ctrl-C stops everything)",
         f"  ingest   {base}  (pid {by_name['ingest'].pid})",
         f"  worker   with scheduler  (pid {by_name['worker'].pid})",
+        f"  admin    http://127.0.0.1:{args.admin_port}/admin/  (pid {by_name['admin'].pid}; "
+        "Authorization: Bearer $HOOKLANE_ADMIN_TOKEN)",
         f"  redis    {_without_password(redis_url)}  ({redis_note})",
         f"  config   {config_path}",
         "",
@@ -400,6 +406,7 @@ def banner(args: argparse.Namespace, config: Config, config_path: Path, redis_ur
         f"  . {env_file}        # HOOKLANE_CONFIG, REDIS_URL and the dev secrets",
         f"  {cli} stats",
         f"  {cli} dlq list",
+        f'  curl -s -H "Authorization: Bearer $HOOKLANE_ADMIN_TOKEN" http://127.0.0.1:{args.admin_port}/admin/stats',
     ]
     crm = [h for h in config.handlers.values() if h.type == "http"]
     if crm:

@@ -17,12 +17,12 @@ from typing import Any, TextIO
 
 from redis import Redis, RedisError
 
-from hooklane.shared import deadletters
 from hooklane.operators import actions as operator
+from hooklane.operators.actions import OperatorError
 from hooklane.operators.cli.common import load_config, redis_for
+from hooklane.shared import deadletters
 from hooklane.shared.config import Config
 from hooklane.shared.deadletters import Filters
-from hooklane.operators.actions import OperatorError
 
 DEFAULT_LIMIT = 50
 

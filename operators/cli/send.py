@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from hooklane.shared import config as config_mod
 from hooklane.operators import sending
+from hooklane.shared import config as config_mod
 from hooklane.shared.config import Config, ConfigError, SourceConfig
 from hooklane.shared.providers import PROVIDERS
 

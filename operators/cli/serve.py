@@ -1,4 +1,4 @@
-"""`hooklane ingest` (gunicorn) and `hooklane worker` (RQ)."""
+"""`hooklane ingest` (gunicorn), `hooklane admin` (gunicorn) and `hooklane worker` (RQ)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from hooklane.operators.cli.common import load_config
+from hooklane.shared.config import Config
 
 GUNICORN_CONF = Path(__file__).resolve().parents[2] / "ingest" / "gunicorn.conf.py"
 
@@ -17,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bind", help="HOST:PORT (default 0.0.0.0:$PORT, 8000 without PORT)")
     p.add_argument("--workers", type=int, help="gunicorn worker processes (default: see ingest/gunicorn.conf.py)")
     p.set_defaults(func=ingest)
+
+    a = sub.add_parser("admin", help="run the admin API (dead letters, stats over HTTP) on a private port")
+    a.add_argument("--bind", help="HOST:PORT (default 127.0.0.1:8002; keep it off the providers' port)")
+    a.set_defaults(func=admin)
 
     w = sub.add_parser("worker", help="run a worker: normalize, dedupe, handlers, retries, dead letters")
     w.add_argument("--burst", action="store_true", help="exit once the queue is empty (tests, batch jobs)")
@@ -33,16 +38,33 @@ def ingest_argv(args: argparse.Namespace) -> list[str]:
 
 def ingest(args: argparse.Namespace) -> int:
     config = load_config(args)  # fail here, naming the key, before gunicorn forks anything
-    env = dict(os.environ)
-    if args.config:
-        env["HOOKLANE_CONFIG"] = str(Path(args.config).resolve())
-    elif config.path:
-        env["HOOKLANE_CONFIG"] = str(Path(config.path).resolve())
+    env = _process_env(args, config)
     if args.bind:
         env["HOOKLANE_BIND"] = args.bind
     if args.workers:
         env["HOOKLANE_INGEST_WORKERS"] = str(args.workers)
     argv = ingest_argv(args)
+    os.execve(argv[0], argv, env)
+    return 0  # not reached
+
+
+def admin_argv() -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", "python:hooklane.operators.admin_gunicorn",
+            "hooklane.operators.admin_wsgi:app"]
+
+
+def admin(args: argparse.Namespace) -> int:
+    from hooklane.operators.admin import TOKEN_ENV, admin_token
+
+    config = load_config(args)
+    if not admin_token():
+        print(f"hooklane admin: {TOKEN_ENV} is not set: every route needs it as a bearer token "
+              "(e.g. `openssl rand -hex 32`)", file=sys.stderr)
+        return 2
+    env = _process_env(args, config)
+    if args.bind:
+        env["HOOKLANE_ADMIN_BIND"] = args.bind
+    argv = admin_argv()
     os.execve(argv[0], argv, env)
     return 0  # not reached
 
@@ -54,3 +76,13 @@ def worker(args: argparse.Namespace) -> int:
     ok = run(config, burst=args.burst, with_scheduler=not args.no_scheduler, name=args.name,
              metrics_port=args.metrics_port)
     return 0 if ok or args.burst else 1
+
+
+def _process_env(args: argparse.Namespace, config: Config) -> dict[str, str]:
+    """The environment of a gunicorn that loads the config again in each worker: the same file, by absolute path."""
+    env = dict(os.environ)
+    if args.config:
+        env["HOOKLANE_CONFIG"] = str(Path(args.config).resolve())
+    elif config.path:
+        env["HOOKLANE_CONFIG"] = str(Path(config.path).resolve())
+    return env

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_HOOKLANE = Path(sys.executable).with_name("hooklane")
 # The installed console script when there is one (what users run), else the same entry point via -c.
 HOOKLANE = [str(VENV_HOOKLANE)] if VENV_HOOKLANE.exists() else [
-    sys.executable, "-c", "import sys; from shared.cli import main; sys.exit(main(sys.argv[1:]))"]
+    sys.executable, "-c", "import sys; from operators.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 E2E_ENV = {
     "E2E_VOLUMEREACH_SECRET": "e2e-volumereach-secret",

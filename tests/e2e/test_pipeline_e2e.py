@@ -1,6 +1,6 @@
 """End to end across real processes: webhooks in over HTTP, canonical events out at an HTTP sink.
 
-Every delivery is built by `shared.sending.build_delivery`, the code behind
+Every delivery is built by `operators.sending.build_delivery`, the code behind
 `hooklane send`, so these tests speak the providers' wire format exactly as the
 CLI does. The processes are in conftest.py; each test uses ids of its own.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from e2e.harness import (
     HOOKLANE,
@@ -30,9 +31,9 @@ from e2e.harness import (
     start_process,
     wait_for,
 )
-from hooklane.shared import deadletters
 from hooklane.operators import sending
 from hooklane.operators.cli.dev import free_port
+from hooklane.shared import deadletters
 from hooklane.shared.envelope import Delivery
 from hooklane.shared.providers import PROVIDERS
 
@@ -350,11 +351,13 @@ def _running(pid: int) -> bool:
 
 def test_hooklane_dev_walkthrough_send_break_dead_letter_replay_deliver(tmp_path: Path) -> None:
     """What the README promises a newcomer: run it, send, see the downstream's dead letters, fix, replay."""
-    port, sink_port = free_port(), free_port()
+    port, sink_port, admin_port = free_port(), free_port(), free_port()
     # A clean environment and an empty directory: what a newcomer has. `send` then falls back to dev's config.
     env = base_env()
+    env.pop("HOOKLANE_ADMIN_TOKEN", None)
     dev = start_process("dev", [*HOOKLANE, "dev", "--port", str(port), "--ingest-workers", "1",
-                                "--sink-port", str(sink_port)], env, tmp_path, cwd=tmp_path)
+                                "--sink-port", str(sink_port), "--admin-port", str(admin_port)], env, tmp_path,
+                        cwd=tmp_path)
     sink: Proc | None = None
     try:
         def banner() -> str | None:
@@ -370,7 +373,7 @@ def test_hooklane_dev_walkthrough_send_break_dead_letter_replay_deliver(tmp_path
         env_file = Path(re.search(r"^\s*\. (\S+)", text, re.M).group(1))
         redis_pid = int(re.search(r"^\s*redis .*\(private, pid (\d+)", text, re.M).group(1))
         children = _pids_under(dev.proc.pid)
-        assert redis_pid in children and len(children) >= 4, children  # dev, redis, gunicorn (+worker), rq
+        assert redis_pid in children and len(children) >= 5, children  # dev, redis, gunicorn (+worker), rq, admin
 
         sent = subprocess.run([*HOOKLANE, *shlex.split(send_line.group(1))[1:], "--json"], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=60, check=False)
@@ -389,6 +392,13 @@ def test_hooklane_dev_walkthrough_send_break_dead_letter_replay_deliver(tmp_path
             return json.loads(out.stdout)["events"]["processed"]["5m"] >= 1
 
         wait_for(processed, 30, "`hooklane stats` to count the event", lambda: dev.tail(60))
+
+        # The admin API answers on its own port, with the token dev's env file exports; the public port has none.
+        admin = {"Authorization": f"Bearer {dev_env['HOOKLANE_ADMIN_TOKEN']}"}
+        assert f"http://127.0.0.1:{admin_port}/admin/stats" in text
+        stats = requests.get(f"http://127.0.0.1:{admin_port}/admin/stats", headers=admin, timeout=10)
+        assert stats.status_code == 200 and stats.json()["events"]["processed"]["5m"] >= 1
+        assert requests.get(f"http://127.0.0.1:{port}/admin/stats", headers=admin, timeout=10).status_code == 404
         wait_for(lambda: '"event.logged"' in dev.log.read_text(errors="replace"), 10,
                  "the log handler's line", lambda: dev.tail(60))
 
