@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import redis
@@ -16,7 +18,8 @@ from support import handlers as th
 from ingest.app import create_app
 from shared import deadletters
 from shared.config import Config
-from shared.jobs import SERIALIZER
+from shared.envelope import Delivery, utc_now_iso
+from shared.jobs import SERIALIZER, enqueue_delivery
 from shared.providers import volumereach
 from workers import runtime
 from workers.main import build_worker
@@ -216,3 +219,74 @@ def test_a_replayed_handler_dead_letter_runs_only_that_handler_with_history_kept
     drain(cfg, real_redis)
     assert deadletters.count(real_redis, cfg) == 0
     assert len(calls("second")) == 1 and len(calls("first")) == 1
+
+
+# --------------------------------------------------------------------------- hostile but accepted payloads
+
+HTTP_CONFIG = """
+[worker]
+backoff_base_seconds = 0.2
+backoff_multiplier = 1
+backoff_cap_seconds = 0.2
+backoff_jitter = 0
+delivery_retry_intervals = [0]
+
+[[sources]]
+name = "vk"
+provider = "voicekit"
+token = "env:VOICEKIT_TOKEN"
+
+[handlers.crm]
+type = "http"
+url = "{url}/crm"
+max_attempts = 3
+
+[[routes]]
+events = ["*"]
+handlers = ["crm"]
+"""
+
+
+def enqueue_raw(cfg: Config, r: redis.Redis, body: bytes) -> str:
+    """What ingest writes for an accepted VoiceKit delivery (VoiceKit authenticates by URL token)."""
+    delivery = Delivery(id=uuid.uuid4().hex, source="vk", provider="voicekit", received_at=utc_now_iso(), body=body)
+    enqueue_delivery(r, delivery, cfg)
+    return delivery.id
+
+
+def call_started(call_id: str) -> bytes:
+    return json.dumps({"event": "call_started", "data": {"call_id": call_id}}, ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize("call_id", ["日本-1", "📞-2", "line\r\nX-Injected: 1"])
+def test_an_event_whose_id_is_not_ascii_reaches_the_http_downstream_once(make_config, redis_server, real_redis,
+                                                                        http_sink, call_id):
+    cfg = make_config(HTTP_CONFIG.format(url=http_sink.url), redis_url=redis_server.url)
+    enqueue_raw(cfg, real_redis, call_started(call_id))
+    drain(cfg, real_redis)
+    [req] = http_sink.requests
+    assert req.event["id"] == f"vk:call_started:{call_id}"
+    assert unquote(req.key) == req.event["id"]
+    assert deadletters.count(real_redis, cfg) == 0
+
+
+POISON_BODIES = {
+    "overflowing number": b'{"event":"call_started","data":{"call_id":"c1"},"x":1e400}',
+    "overflowing call id": b'{"event":"call_started","data":{"call_id":-1e400}}',
+    "lone surrogate id": b'{"event":"call_started","data":{"call_id":"\\ud800"}}',
+    "deep nesting": b'{"event":"call_started","data":{"call_id":"c2"},"x":' + b"[" * 990 + b"]" * 990 + b"}",
+}
+
+
+@pytest.mark.parametrize("body", POISON_BODIES.values(), ids=POISON_BODIES.keys())
+def test_a_poison_payload_is_dead_lettered_once_at_normalize_and_never_sent(make_config, redis_server, real_redis,
+                                                                           http_sink, body):
+    cfg = make_config(HTTP_CONFIG.format(url=http_sink.url), redis_url=redis_server.url)
+    delivery_id = enqueue_raw(cfg, real_redis, body)
+    drain(cfg, real_redis)
+    [entry] = deadletters.list_entries(real_redis, cfg)
+    assert entry["stage"] == "normalize" and entry["error"]["class"] == "NormalizeFailed"
+    assert len(entry["attempts"]) == 1, "refused once, not retried"
+    assert entry["delivery"]["id"] == delivery_id
+    assert http_sink.requests == []
+
