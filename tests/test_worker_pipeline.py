@@ -12,11 +12,13 @@ from urllib.parse import unquote
 import pytest
 import redis
 from rq import Queue
-from rq.registry import ScheduledJobRegistry
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from support import handlers as th
 
 from ingest.app import create_app
-from shared import deadletters
+from shared import deadletters, operator
 from shared.config import Config
 from shared.envelope import Delivery, utc_now_iso
 from shared.jobs import SERIALIZER, enqueue_delivery
@@ -290,3 +292,73 @@ def test_a_poison_payload_is_dead_lettered_once_at_normalize_and_never_sent(make
     assert entry["delivery"]["id"] == delivery_id
     assert http_sink.requests == []
 
+
+# --------------------------------------------------------------------------- one truth with RQ's own tools
+
+
+def failed_registry(r: redis.Redis) -> FailedJobRegistry:
+    """What `rq info` counts and rq-dashboard lists (and offers to requeue)."""
+    return FailedJobRegistry(queue=Queue("hooklane", connection=r, serializer=SERIALIZER))
+
+
+def dead_letter_of_second(cfg: Config, r: redis.Redis, call_id: str, failures: int = 3) -> dict[str, Any]:
+    """`second` fails every attempt (max_attempts 3): its retry job dies in RQ and becomes a dead letter."""
+    th.SCRIPT["second"] = ["transient"] * failures
+    deliver(cfg, r, payload(call_id))
+    drain(cfg, r, until=lambda: deadletters.count(r, cfg) == 1)
+    [entry] = deadletters.list_entries(r, cfg)
+    assert failed_registry(r).get_job_ids() == [entry["id"]], "RQ holds the job that died"
+    return entry
+
+
+def test_a_replayed_dead_letter_leaves_rqs_failed_registry_and_cannot_be_requeued_there(cfg, real_redis):
+    entry = dead_letter_of_second(cfg, real_redis, "call_11")
+    deadletters.replay(real_redis, cfg, entry["id"])
+    assert failed_registry(real_redis).count == 0
+    assert not Job.exists(entry["id"], connection=real_redis)
+    with pytest.raises((NoSuchJobError, InvalidJobOperation)):
+        failed_registry(real_redis).requeue(entry["id"])
+    drain(cfg, real_redis)
+    assert len(calls("second")) == 1
+
+
+def test_a_purged_dead_letter_leaves_rqs_failed_registry_too(cfg, real_redis):
+    deliver(cfg, real_redis, b"{not json")
+    drain(cfg, real_redis)
+    [entry] = deadletters.list_entries(real_redis, cfg)
+    assert failed_registry(real_redis).get_job_ids() == [entry["id"]]
+    assert operator.purge_many(real_redis, cfg, [entry["id"]]).counts == {operator.PURGED: 1}
+    assert failed_registry(real_redis).count == 0
+    assert not Job.exists(entry["id"], connection=real_redis)
+
+
+def test_a_dead_letter_requeued_with_rqs_tools_is_its_replay_and_dlq_replay_then_finds_nothing(cfg, real_redis):
+    entry = dead_letter_of_second(cfg, real_redis, "call_12")
+    failed_registry(real_redis).requeue(entry["id"])  # rq-dashboard's "Requeue"
+    drain(cfg, real_redis)
+    assert len(calls("second")) == 1
+    assert deadletters.count(real_redis, cfg) == 0, "the requeue took the dead letter"
+    assert operator.replay_one(real_redis, cfg, entry["id"])["status"] == operator.NOT_FOUND
+    drain(cfg, real_redis)
+    assert len(calls("second")) == 1, "delivered once, not once per tool"
+
+
+def test_a_requeue_racing_the_replay_does_nothing_and_the_event_is_delivered_once(cfg, real_redis):
+    entry = dead_letter_of_second(cfg, real_redis, "call_13")
+    Job.fetch(entry["id"], connection=real_redis, serializer=SERIALIZER).requeue()  # queued, not run yet
+    deadletters.replay(real_redis, cfg, entry["id"])
+    drain(cfg, real_redis)
+    assert len(calls("second")) == 1
+    assert deadletters.count(real_redis, cfg) == 0 and failed_registry(real_redis).count == 0
+
+
+def test_a_requeued_dead_letter_that_fails_again_comes_back_with_its_history(cfg, real_redis):
+    entry = dead_letter_of_second(cfg, real_redis, "call_14", failures=4)
+    failed_registry(real_redis).requeue(entry["id"])
+    drain(cfg, real_redis, until=lambda: failed_registry(real_redis).count == 1)
+    [again] = deadletters.list_entries(real_redis, cfg)
+    assert again["id"] == entry["id"]
+    assert len(again["attempts"]) == 4 and len(again["replays"]) == 1
+    deadletters.replay(real_redis, cfg, again["id"])
+    drain(cfg, real_redis)
+    assert len(calls("second")) == 1 and failed_registry(real_redis).count == 0

@@ -137,6 +137,8 @@ def _read_delivery(envelope: Any) -> Delivery:
 def process_delivery(envelope: dict[str, Any]) -> None:
     rt = runtime.get()
     job = get_current_job()
+    if not _should_run(rt, job):
+        return
     metrics.replay_started(job, "delivery")
     delivery = _read_delivery(envelope)
     hl_logging.clear()
@@ -178,6 +180,28 @@ def process_delivery(envelope: dict[str, Any]) -> None:
     event_dict = event.to_dict()
     for i, handler in enumerate(pending):
         _run_inline(rt, handler, event_dict, envelope, job, final=i == len(pending) - 1)
+
+
+def _should_run(rt: runtime.Runtime, job: Job | None) -> bool:
+    """False only for a dead job RQ's tools requeued after its dead letter was replayed or purged.
+
+    hooklane never runs a dead job again: only `rq requeue` or rq-dashboard brings one back.
+    Such a run takes the dead letter (it is the replay), or, if the entry is gone, does
+    nothing: the event was replayed or purged already (shared/deadletters.py, "One truth").
+    """
+    entry_id = (job.meta or {}).get("dead_letter") if job else None
+    if job is None or entry_id is None:
+        return True
+    with hl_logging.bound(job_id=job.id):
+        if not deadletters.take(rt.redis, rt.config, entry_id):
+            log.warning("job.requeue_ignored", reason="its dead letter was replayed or purged already")
+            return False
+        log.info("job.requeued_from_failed", entry_id=entry_id)
+    meta = job.meta
+    del meta["dead_letter"]
+    meta["replays"] = [*(meta.get("replays") or []), {"at": utc_now_iso(), "job_id": job.id, "entry_id": entry_id}]
+    job.save_meta()
+    return True
 
 
 def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, Any], envelope: dict[str, Any],
@@ -243,6 +267,8 @@ def _schedule_retry(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, even
 def run_handler(task: dict[str, Any]) -> None:
     rt = runtime.get()
     job = get_current_job()
+    if not _should_run(rt, job):
+        return
     metrics.replay_started(job, "handler")
     event, name = task["event"], task["handler"]
     attempt_no = len((job.meta or {}).get("attempts", [])) + 1 if job else 1
@@ -345,6 +371,8 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
         entry = dead_letter_entry(rt, entry_id=job.id, stage=stage, exc=exc, tb=tb, attempts=attempts,
                                   event=event, delivery=delivery, handler=handler,
                                   replays=list(meta.get("replays") or []))
+        # Marks the job, should RQ's tools requeue it: its run must then take this entry, not run twice.
+        meta["dead_letter"] = job.id
         pipe = rt.redis.pipeline(transaction=True)
         deadletters.add(rt.redis, rt.config, entry, pipeline=pipe)
         if is_handler and event:
