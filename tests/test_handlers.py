@@ -102,6 +102,14 @@ def test_http_signs_the_encoded_webhook_id_a_receiver_reads(http_sink, event_id,
     assert req.headers["webhook-signature"] == f"v1,{expected}"
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), "\ud800"])
+def test_http_an_event_that_is_no_json_is_a_permanent_failure_and_nothing_is_sent(http_sink, value):
+    # Normalize refuses these now; an event stored in an older dead letter may still hold one.
+    with pytest.raises(PermanentError, match="cannot be sent"):
+        http(hook(http_sink))({**EVENT, "raw": {"x": value}})
+    assert http_sink.requests == []
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 408, 425, 429])
 def test_http_treats_server_errors_and_throttling_as_transient(http_sink, status):
     http_sink.script((status, {}, 0.0))

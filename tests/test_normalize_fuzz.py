@@ -97,7 +97,7 @@ def _has(container: dict | list, key: Any) -> bool:
 
 
 @pytest.mark.parametrize("provider", sorted(SOURCES))
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(data=st.data())
 def test_normalize_gives_an_event_every_later_step_can_handle_or_refuses_it(provider, data, real_redis):

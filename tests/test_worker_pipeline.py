@@ -28,14 +28,17 @@ from workers.main import build_worker
 
 pytestmark = pytest.mark.redis
 
-CONFIG = """
+# Retries within a test's time: 0.2 s backoff, delivery retries at once.
+FAST_RETRIES = """
 [worker]
 backoff_base_seconds = 0.2
 backoff_multiplier = 1
 backoff_cap_seconds = 0.2
 backoff_jitter = 0
 delivery_retry_intervals = [0]
+"""
 
+CONFIG = FAST_RETRIES + """
 [[sources]]
 name = "vr"
 provider = "volumereach"
@@ -225,14 +228,7 @@ def test_a_replayed_handler_dead_letter_runs_only_that_handler_with_history_kept
 
 # --------------------------------------------------------------------------- hostile but accepted payloads
 
-HTTP_CONFIG = """
-[worker]
-backoff_base_seconds = 0.2
-backoff_multiplier = 1
-backoff_cap_seconds = 0.2
-backoff_jitter = 0
-delivery_retry_intervals = [0]
-
+HTTP_CONFIG = FAST_RETRIES + """
 [[sources]]
 name = "vk"
 provider = "voicekit"

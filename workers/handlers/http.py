@@ -103,7 +103,11 @@ class HttpHandler:
         self.session.mount("https://", adapter)
 
     def __call__(self, event: dict[str, Any]) -> None:
-        body = dumps(event).encode("utf-8")
+        try:
+            body = dumps(event).encode("utf-8")
+        except ValueError as exc:
+            # Normalize lets no such event through; one from an older dead letter fails alike every time.
+            raise PermanentError(f"the event cannot be sent as UTF-8 JSON: {exc}") from None
         key = header_value(event["id"])
         headers = {
             "Content-Type": "application/json",
