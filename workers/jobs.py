@@ -82,7 +82,8 @@ def normalize(delivery: Delivery) -> Event:
 
 def parse_body(body: bytes) -> Any:
     try:
-        payload = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        # What json.loads(bytes) does, with one decoder built once rather than one per call.
+        payload = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except RecursionError as exc:
         raise NormalizeFailed(f"body nests deeper than {MAX_DEPTH} levels") from exc
     except _NotPortable as exc:
@@ -110,6 +111,9 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise _NotPortable(f"number {text[:40]} overflows a double")
     return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _depth(value: Any) -> int:
