@@ -65,7 +65,7 @@ def normalize(delivery: Delivery) -> Event:
     provider = PROVIDERS.get(delivery.provider)
     if provider is None:
         raise NormalizeFailed(f"unknown provider {delivery.provider!r}")
-    payload = parse_body(delivery.body)
+    payload = _parse_body(delivery.body)
     try:
         event = provider.normalize(payload, delivery)
     except Exception as exc:  # noqa: BLE001 - any normalizer failure is permanent for this body; replay after a fix
@@ -80,7 +80,7 @@ def normalize(delivery: Delivery) -> Event:
     return event
 
 
-def parse_body(body: bytes) -> Any:
+def _parse_body(body: bytes) -> Any:
     try:
         # What json.loads(bytes) does, with one decoder built once rather than one per call.
         payload = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
