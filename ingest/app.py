@@ -146,7 +146,6 @@ def create_app(
 
     def webhook(source: str, path_token: str | None = None) -> Response:
         started = time.perf_counter()
-        hl_logging.clear()  # first: no line of this request may carry the previous request's ids
         src = config.sources.get(source)
         if src is None:
             return _answer(404, "unknown source")
@@ -233,8 +232,8 @@ def create_app(
 
     @app.get("/metrics", provide_automatic_options=False)
     def metrics_view() -> Response:
-        data, content_type = metrics.render(conn, config)
-        return Response(data, mimetype=content_type)
+        data, content_type = metrics.render(conn, config, request.headers.get("Accept", ""))
+        return Response(data, content_type=content_type)  # as given: `mimetype=` would append a second charset
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -260,4 +259,5 @@ def create_app(
             counter.inc()
         return resp
 
+    app.wsgi_app = hl_logging.context_per_request(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -55,8 +55,10 @@ MAX_PAGE = 1000
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body, separators=(",", ":"), ensure_ascii=False), status=status,
-                    mimetype="application/json")
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    # A lone surrogate (JSON allows "\ud800", UTF-8 cannot carry it) can only sit inside a string here, where
+    # backslashreplace writes it back as that same JSON escape.
+    return Response(text.encode("utf-8", "backslashreplace"), status=status, mimetype="application/json")
 
 
 def _refused(status: int, reason: str) -> Response:
@@ -80,10 +82,6 @@ def create_admin_app(config: Config, redis_client: redis_lib.Redis | None = None
     logs.add_secret_values(Redactor.from_config(config).values)
     register_admin(app, config, conn, token=token)
 
-    @app.before_request
-    def fresh_context() -> None:
-        logs.clear()  # an audit line carries this request's fields only
-
     @app.get("/healthz", provide_automatic_options=False)
     def healthz() -> Response:
         return _json(200, {"status": "alive"})
@@ -97,6 +95,7 @@ def create_admin_app(config: Config, redis_client: redis_lib.Redis | None = None
         log.exception("admin.unexpected_error")
         return _refused(500, "internal error")
 
+    app.wsgi_app = logs.context_per_request(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 
@@ -229,12 +228,19 @@ def _body(*, required: bool) -> dict[str, Any]:
             raise OperatorError("body must be a JSON object")
         return {}
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OperatorError(f"body is not valid JSON: {exc}") from None
+        body = json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise OperatorError("body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # not JSON, not UTF-8, NaN/Infinity, an integer past Python's 4300 digits
+        raise OperatorError(f"body is not valid JSON: {str(exc).split(';')[0]}") from None  # not Python's advice
     if not isinstance(body, dict):
         raise OperatorError("body must be a JSON object")
     return body
+
+
+def _not_json(literal: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON does not have and no filter or limit can use.
+    raise ValueError(f"{literal} is not a JSON value")
 
 
 def _only(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
