@@ -47,6 +47,12 @@ DEV_ENV = {
     "HOOKLANE_DEV_VOLUBILE_SECRET": "dev-volubile-secret",
     "HOOKLANE_DEV_VOIPBIN_TOKEN": "dev-voipbin-token",
     "HOOKLANE_DEV_VOICEKIT_TOKEN": "dev-voicekit-token",
+    "HOOKLANE_DEV_RETELL_API_KEY": "key_dev_retell_api_key",
+    # An Ed25519 private key: the dev source verifies with its public key and `hooklane send` signs with it.
+    "HOOKLANE_DEV_TELNYX_KEY": "-----BEGIN PRIVATE KEY-----\n"
+                               "MC4CAQAwBQYDK2VwBCIEIHTU6Cb2vOPMnH9Vze3Jk8gEi6Xg+8XjurVcqWni3QQO\n"
+                               "-----END PRIVATE KEY-----\n",
+    "HOOKLANE_DEV_STANDARDWEBHOOKS_SECRET": "whsec_ZGV2LXN0YW5kYXJkd2ViaG9va3Mtc2VjcmV0IQ==",
 }
 
 # Runs the hooklane CLI in a child without depending on the console script being on PATH.
