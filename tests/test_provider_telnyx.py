@@ -78,6 +78,16 @@ def test_a_private_key_configured_as_the_secret_verifies_by_its_public_key() -> 
     verify(BODY, good_headers(), keys=[TELNYX_SIGNING_KEY])
 
 
+@pytest.mark.parametrize("form", [
+    TELNYX_SIGNING_KEY.replace(b"\n", b" "),  # one line, as an env file holds it
+    TELNYX_SIGNING_KEY.replace(b"\n", b"\\n"),  # literal \n escapes
+    TELNYX_SIGNING_KEY.replace(b"\n", b"\r\n"),
+], ids=["spaces", "escaped-newlines", "crlf"])
+def test_a_pem_private_key_may_be_written_on_one_line(form: bytes) -> None:
+    telnyx.check_secret(form)
+    verify(BODY, telnyx.sign(BODY, form, timestamp=TS))
+
+
 def test_sign_refuses_a_public_key_with_a_reason() -> None:
     with pytest.raises(ValueError, match="private key"):
         telnyx.sign(BODY, PUBLIC_KEYS[0])

@@ -8,7 +8,8 @@ message is the timestamp header text, a literal ``|`` and the raw body bytes.
 Secrets: the account's public key as Mission Control shows it — base64 of the
 raw 32-byte Ed25519 key; a list for rotation, any one may verify. Telnyx holds
 the private key, so `sign()` needs one of its own: a source secret may instead
-be an Ed25519 private key in PEM (``openssl genpkey -algorithm ed25519``); the
+be an Ed25519 private key in PEM (``openssl genpkey -algorithm ed25519``; its
+line breaks may be written as spaces or ``\\n`` for one-line env files); the
 verifier derives its public key, and `sign()`, the tests and ``hooklane send``
 sign with it. That is for tests and ``hooklane dev`` only: in production the
 source holds the public key and hooklane cannot sign for it. The public key of
@@ -69,6 +70,8 @@ NAME = "telnyx"
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
 PEM_PRIVATE_KEY = b"-----BEGIN PRIVATE KEY-----"
+PEM_END = b"-----END PRIVATE KEY-----"
+_NO_WHITESPACE = str.maketrans("", "", " \t\r\n")
 
 EVENT_TYPES = {
     "call.initiated": "call.started",
@@ -100,8 +103,11 @@ def _public_key(secret: bytes) -> Ed25519PublicKey:
 
 
 def _private_key(secret: bytes) -> Ed25519PrivateKey:
+    """An unencrypted PKCS#8 PEM key; its line breaks may be spaces or literal \\n (one-line env files)."""
+    body = secret.replace(b"\\n", b"\n").strip().removeprefix(PEM_PRIVATE_KEY).removesuffix(PEM_END)
     try:
-        key = serialization.load_pem_private_key(secret, password=None)
+        der = b64decode_strict(body.decode("ascii").translate(_NO_WHITESPACE))
+        key = serialization.load_der_private_key(der, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ValueError("not an unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
