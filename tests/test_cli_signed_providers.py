@@ -9,11 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from conftest import TEST_ENV
 
-from ingest.auth import authenticate
-from shared import config as config_mod
-from shared import sending
-from shared.cli import dev, main
-from shared.providers import PROVIDERS
+from hooklane.ingest.auth import authenticate
+from hooklane.operators import sending
+from hooklane.operators.cli import dev, main
+from hooklane.shared import config as config_mod
+from hooklane.shared.providers import PROVIDERS
 
 
 def dev_config() -> config_mod.Config:

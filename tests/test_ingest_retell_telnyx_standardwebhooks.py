@@ -12,10 +12,10 @@ import pytest
 from conftest import TELNYX_SIGNING_KEY, TEST_ENV
 from test_ingest_fuzz import MORE_SOURCES, QUEUE
 
-from ingest.app import create_app
-from shared import sending
-from shared.config import Config
-from shared.envelope import Delivery
+from hooklane.ingest.app import create_app
+from hooklane.operators import sending
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import Delivery
 
 NOW = 1_750_000_000
 CONFIG = "[redis]\nurl = \"redis://127.0.0.1:6379/15\"\n" + MORE_SOURCES

@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from retell.lib.webhook_auth import symmetric
 
-from shared.envelope import Delivery
-from shared.events import Event
-from shared.providers import retell
-from shared.providers.base import SignatureError
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import Event
+from hooklane.shared.providers import retell
+from hooklane.shared.providers.base import SignatureError
 
 KEYS = [TEST_ENV["RETELL_API_KEY"].encode(), TEST_ENV["RETELL_API_KEY_OLD"].encode()]
 VECTORS = json.loads((FIXTURES / "retell" / "vectors.json").read_text(encoding="utf-8"))

@@ -23,12 +23,12 @@ from conftest import FIXTURES, TEST_ENV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import sending
-from shared.config import ConfigError
-from shared.envelope import Delivery
-from shared.events import Event
-from shared.providers import standardwebhooks as sw
-from shared.providers.base import SignatureError
+from hooklane.operators import sending
+from hooklane.shared.config import ConfigError
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import Event
+from hooklane.shared.providers import standardwebhooks as sw
+from hooklane.shared.providers.base import SignatureError
 
 SECRETS = [TEST_ENV["SW_SECRET"].encode(), TEST_ENV["SW_SECRET_OLD"].encode()]
 VECTORS = json.loads((FIXTURES / "standardwebhooks" / "vectors.json").read_text(encoding="utf-8"))
@@ -98,7 +98,7 @@ def test_our_signature_passes_both_sdks(sdk_clock: list[float]) -> None:
 
 def test_the_http_handlers_signature_verifies_here() -> None:
     # hooklane's own http handler signs with Standard Webhooks: one hooklane can feed another.
-    from workers.handlers.http import sign_standard_webhook
+    from hooklane.workers.handlers.http import sign_standard_webhook
 
     headers = sign_standard_webhook(SECRETS[1], "src:call.completed:c1", TS, BODY)
     verify(BODY, headers)

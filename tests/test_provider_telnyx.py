@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import sending
-from shared.config import ConfigError
-from shared.envelope import Delivery
-from shared.events import Event
-from shared.providers import telnyx
-from shared.providers.base import SignatureError
+from hooklane.operators import sending
+from hooklane.shared.config import ConfigError
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import Event
+from hooklane.shared.providers import telnyx
+from hooklane.shared.providers.base import SignatureError
 
 PUBLIC_KEYS = [TEST_ENV["TELNYX_PUBLIC_KEY"].encode(), TEST_ENV["TELNYX_PUBLIC_KEY_OLD"].encode()]
 VECTORS = json.loads((FIXTURES / "telnyx" / "vectors.json").read_text(encoding="utf-8"))

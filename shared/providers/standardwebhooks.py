@@ -44,9 +44,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from shared.envelope import Delivery
-from shared.events import CANONICAL_TYPES, Call, Event
-from shared.providers.base import (
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import CANONICAL_TYPES, Call, Event
+from hooklane.shared.providers.base import (
     Clock,
     Headers,
     Provider,

@@ -43,9 +43,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.envelope import Delivery
-from shared.events import Call, Event
-from shared.providers.base import (
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import Call, Event
+from hooklane.shared.providers.base import (
     Clock,
     Headers,
     Provider,
