@@ -22,7 +22,7 @@ from hooklane.shared.providers.base import Provider
 USER_AGENT = "hooklane-send/0.1"
 
 # Keys that carry an event's identity in the providers' payloads (PRODUCT.md, "natural
-# identity"): at the top level (volubile's call object) or under "data" (the others).
+# identity"): at the top level (volubile's call object) or under "data" / "call" (the others).
 # Changing them per message is what makes two sends two distinct events.
 IDENTITY_KEYS = ("id", "call_id", "callId", "campaignId")
 
@@ -76,9 +76,10 @@ def sample_payload(provider: str | Provider, event_type: str, *, seq: int, run: 
     p = get_provider(provider)
     payload = p.samples()[pick_event_type(p, event_type, seq)]
     _vary_ids(payload, seq=seq, run=run)
-    data = payload.get("data")
-    if isinstance(data, dict):
-        _vary_ids(data, seq=seq, run=run)
+    for key in ("data", "call"):  # retell nests its call object under "call"
+        inner = payload.get(key)
+        if isinstance(inner, dict):
+            _vary_ids(inner, seq=seq, run=run)
     return payload
 
 
@@ -107,10 +108,14 @@ def wire_headers(
     """The request headers for exactly `body`: content type, signature (when there is a secret), delivery id."""
     p = get_provider(provider)
     headers = {"Content-Type": "application/json", "User-Agent": f"{USER_AGENT} ({p.name})"}
-    if secret is not None and p.sign is not None:
-        headers.update(p.sign(body, secret, timestamp=timestamp))
     if p.delivery_id_header and delivery_id:
         headers[p.delivery_id_header] = delivery_id
+    if secret is not None and p.sign is not None:
+        extra = {"delivery_id": delivery_id} if p.signs_delivery_id else {}
+        try:
+            headers.update(p.sign(body, secret, timestamp=timestamp, **extra))
+        except ValueError as exc:  # a secret that cannot sign, e.g. a public key
+            raise SendError(str(exc)) from None
     return headers
 
 

@@ -333,6 +333,12 @@ def _source(s: _Reader) -> SourceConfig:
             raise ConfigError(
                 f"{s.key('methods')}[{i}]: {provider_name} never sends {m} (it may use {', '.join(provider.methods)})"
             )
+    if provider.check_secret is not None:
+        for i, secret in enumerate(secrets):
+            try:
+                provider.check_secret(secret.reveal())
+            except ValueError as exc:
+                raise ConfigError(f"{s.key('secrets')}[{i}]: {exc}") from None
     if secrets and not provider.signs:
         raise ConfigError(
             f"{s.key('secrets')}: {provider_name} does not sign its webhooks; use token and/or allow_ips"

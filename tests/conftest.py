@@ -44,7 +44,21 @@ TEST_ENV = {
     "VOIPBIN_TOKEN": "vb-url-token-123",
     "VOICEKIT_TOKEN": "vk-url-token-456",
     "CRM_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "RETELL_API_KEY": "key_5f0c9a3e1b7d4c2a8e6f",
+    "RETELL_API_KEY_OLD": "key_2b8d6f4a0c9e7b5d3f1a",
+    # Telnyx: the account public keys (base64 of 32 bytes) of the private keys below.
+    "TELNYX_PUBLIC_KEY": "ebVWLo/mVPlAeLES6KmLp5AfhTrmlb7X4OORC60ElmQ=",
+    "TELNYX_PUBLIC_KEY_OLD": "2inpWwLgD/oVZFd1+x0roiKhlDOV7qBrlOLAV7e+adA=",
+    "SW_SECRET": "whsec_KCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/",
+    "SW_SECRET_OLD": "whsec_RkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl9gYWJjZGU=",
 }
+# Telnyx keeps its private key; these stand in for it (Ed25519 seeds 1..32 and 101..132, PKCS#8 PEM).
+TELNYX_SIGNING_KEY = (b"-----BEGIN PRIVATE KEY-----\n"
+                      b"MC4CAQAwBQYDK2VwBCIEIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g\n"
+                      b"-----END PRIVATE KEY-----\n")
+TELNYX_SIGNING_KEY_OLD = (b"-----BEGIN PRIVATE KEY-----\n"
+                          b"MC4CAQAwBQYDK2VwBCIEIGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoOE\n"
+                          b"-----END PRIVATE KEY-----\n")
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import fakeredis
 import pytest
-from conftest import BASE_CONFIG, TEST_ENV
+from conftest import BASE_CONFIG, TELNYX_SIGNING_KEY, TEST_ENV
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,27 @@ from hooklane.shared.providers import PROVIDERS
 
 NOW = 1_750_000_000
 MAX_BODY = 4096
-CONFIG = f"[ingest]\nmax_body_bytes = {MAX_BODY}\ntrusted_proxies = 1\n" + BASE_CONFIG
+MORE_SOURCES = """
+[[sources]]
+name = "rt"
+provider = "retell"
+secrets = ["env:RETELL_API_KEY"]
+
+[[sources]]
+name = "tx"
+provider = "telnyx"
+secrets = ["env:TELNYX_PUBLIC_KEY"]
+
+[[sources]]
+name = "sw"
+provider = "standardwebhooks"
+secrets = ["env:SW_SECRET"]
+"""
+CONFIG = f"[ingest]\nmax_body_bytes = {MAX_BODY}\ntrusted_proxies = 1\n" + BASE_CONFIG + MORE_SOURCES
+# What each signing provider's source above is signed with (Telnyx: the private key of its public key).
+SIGNERS = [("volumereach", TEST_ENV["VR_SECRET"].encode()), ("voxpria", TEST_ENV["VOXPRIA_SECRET"].encode()),
+           ("volubile", TEST_ENV["VOLUBILE_SECRET"].encode()), ("retell", TEST_ENV["RETELL_API_KEY"].encode()),
+           ("telnyx", TELNYX_SIGNING_KEY), ("standardwebhooks", TEST_ENV["SW_SECRET"].encode())]
 QUEUE = "rq:queue:hooklane"
 STATUSES = {200, 400, 401, 403, 404, 405, 413}
 
@@ -46,7 +66,7 @@ def url_segments(draw: st.DrawFn) -> str:
 @st.composite
 def paths(draw: st.DrawFn) -> str:
     # Weighted towards real sources and tokens, so authentication and the queue are reached, not only 404.
-    source = draw(st.one_of(st.sampled_from(["vr", "vox", "vol", "vb", "vk"] * 3), url_segments()))
+    source = draw(st.one_of(st.sampled_from(["vr", "vox", "vol", "vb", "vk", "rt", "tx", "sw"] * 3), url_segments()))
     path = draw(st.sampled_from(["/webhooks/{s}"] * 6 + ["/webhooks/{s}/{t}"] * 3 + [
         "/webhooks/{s}/{t}/{t}", "/{s}", "/healthz", "/readyz", "/metrics", "/webhooks", "/"]))
     path = path.format(s=source, t=draw(url_segments()))
@@ -60,7 +80,8 @@ def paths(draw: st.DrawFn) -> str:
 
 signature_headers = st.sampled_from([
     "X-Webhook-Signature", "X-Webhook-Timestamp", "X-Webhook-Delivery-Id", "X-Voxpria-Signature",
-    "X-Forwarded-For", "Content-Type", "User-Agent", "X-Other",
+    "X-Forwarded-For", "Content-Type", "User-Agent", "X-Other", "X-Retell-Signature", "Telnyx-Signature-Ed25519",
+    "Telnyx-Timestamp", "Webhook-Id", "Webhook-Timestamp", "Webhook-Signature", "Svix-Id", "Svix-Signature",
 ])
 header_names = st.one_of(signature_headers, st.from_regex(r"\AX-[A-Za-z0-9-]{1,20}\Z"))
 xff = st.lists(st.one_of(st.sampled_from(["10.0.0.1", "127.0.0.1", "::1", "::ffff:10.1.1.1", "2001:db8::1",
@@ -83,11 +104,10 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
         headers["X-Forwarded-For"] = draw(xff)
     if draw(st.booleans()):
         # Valid signature headers for some source, so the 200/400 paths get exercised too.
-        provider, var = draw(st.sampled_from([("volumereach", "VR_SECRET"), ("voxpria", "VOXPRIA_SECRET"),
-                                              ("volubile", "VOLUBILE_SECRET")]))
+        provider, secret = draw(st.sampled_from(SIGNERS))
         sign = PROVIDERS[provider].sign
         assert sign is not None
-        headers.update(sign(body, TEST_ENV[var].encode(), timestamp=NOW))
+        headers.update(sign(body, secret, timestamp=NOW))
     return {
         "method": draw(st.one_of(st.just("POST"), st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
                                  st.from_regex(r"\A[A-Z]{1,10}\Z"))),

@@ -22,9 +22,16 @@ from hooklane.shared.providers import PROVIDERS
 from hooklane.shared.providers.base import NormalizeError
 
 RECEIVED_AT = "2026-01-01T00:00:00.000000Z"
-# Where each provider names its event.
-NAME_KEY = {"volumereach": "event", "voxpria": "event", "volubile": "status", "voipbin": "type", "voicekit": "event"}
-WRAPPED = sorted(p for p in PROVIDERS if p != "volubile")  # {"<name>": …, "data": {…}} payloads
+# Where each provider names its event: the path of keys into the payload.
+NAME_PATH = {"volumereach": ("event",), "voxpria": ("event",), "volubile": ("status",), "voipbin": ("type",),
+             "voicekit": ("event",), "retell": ("event",), "telnyx": ("data", "event_type"),
+             "standardwebhooks": ("type",)}
+# Where the object the call fields are read from sits (default: "data").
+INNER_PATH = {"volubile": (), "retell": ("call",), "telnyx": ("data", "payload")}
+# Generic sources pass any JSON object on: no name, or a data that is not an object, is still an event.
+PASSTHROUGH = {"standardwebhooks"}
+WRAPPED = sorted(p for p in PROVIDERS if INNER_PATH.get(p, ("data",)) and p not in PASSTHROUGH)
+NAMED = sorted(set(PROVIDERS) - PASSTHROUGH)
 
 
 def payload_files() -> list[Path]:
@@ -52,6 +59,22 @@ def body_of(payload: Any) -> bytes:
 
 def sample(provider: str, provider_type: str) -> dict[str, Any]:
     return copy.deepcopy(PROVIDERS[provider].samples()[provider_type])
+
+
+def parent(payload: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """The object holding the last key of `path`."""
+    for key in path[:-1]:
+        payload = payload[key]
+    return payload
+
+
+def inner_path(provider: str) -> tuple[str, ...]:
+    return INNER_PATH.get(provider, ("data",))
+
+
+def inner(provider: str, payload: dict[str, Any]) -> dict[str, Any]:
+    path = inner_path(provider)
+    return parent(payload, path)[path[-1]] if path else payload
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -106,7 +129,7 @@ def test_event_id_is_prefixed_with_the_configured_source_not_the_provider() -> N
 def test_unknown_event_type_flows_on_as_provider_dot_type(provider: str) -> None:
     payload = next(iter(PROVIDERS[provider].samples().values()))
     payload = copy.deepcopy(payload)
-    payload[NAME_KEY[provider]] = "something_new.v2"
+    parent(payload, NAME_PATH[provider])[NAME_PATH[provider][-1]] = "something_new.v2"
     event = normalize(provider, body_of(payload))
     assert event.type == f"{provider}.something_new.v2"
     assert event.provider_type == "something_new.v2"
@@ -120,14 +143,15 @@ def test_non_object_payload_is_a_normalize_error(provider: str, payload: Any) ->
         PROVIDERS[provider].normalize(payload, delivery(provider, json.dumps(payload).encode()))
 
 
-@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+@pytest.mark.parametrize("provider", NAMED)
 @pytest.mark.parametrize("name", ["<missing>", "", None, 7, ["call.completed"], {"name": "x"}])
 def test_missing_or_non_string_event_name_is_a_normalize_error(provider: str, name: Any) -> None:
     payload = sample(provider, next(iter(PROVIDERS[provider].samples())))
+    holder, key = parent(payload, NAME_PATH[provider]), NAME_PATH[provider][-1]
     if name == "<missing>":
-        del payload[NAME_KEY[provider]]
+        del holder[key]
     else:
-        payload[NAME_KEY[provider]] = name
+        holder[key] = name
     with pytest.raises(NormalizeError):
         normalize(provider, body_of(payload))
 
@@ -136,7 +160,7 @@ def test_missing_or_non_string_event_name_is_a_normalize_error(provider: str, na
 @pytest.mark.parametrize("data", [[], ["x"], "text", 3])
 def test_data_that_is_not_an_object_is_a_normalize_error(provider: str, data: Any) -> None:
     payload = sample(provider, next(iter(PROVIDERS[provider].samples())))
-    payload["data"] = data
+    parent(payload, inner_path(provider))[inner_path(provider)[-1]] = data
     with pytest.raises(NormalizeError):
         normalize(provider, body_of(payload))
 
@@ -148,9 +172,8 @@ def field_swaps() -> list[Any]:
     cases = []
     for provider, prov in sorted(PROVIDERS.items()):
         for provider_type, payload in prov.samples().items():
-            inner = payload if provider == "volubile" else payload.get("data", {})
-            for key in inner:
-                if provider == "volubile" and key == "status":
+            for key in inner(provider, payload):
+                if (*inner_path(provider), key) == NAME_PATH[provider]:
                     continue
                 cases.append(pytest.param(provider, provider_type, key, id=f"{provider}-{provider_type}-{key}"))
     return cases
@@ -161,7 +184,7 @@ def test_odd_field_values_never_crash_the_normalizer(provider: str, provider_typ
     # Providers change shapes without notice: a wrong-typed field degrades to None, never a TypeError.
     for value in ODD_VALUES:
         payload = sample(provider, provider_type)
-        (payload if provider == "volubile" else payload["data"])[key] = value
+        inner(provider, payload)[key] = value
         event = normalize(provider, body_of(payload))
         json.loads(event.to_json())
 

@@ -48,6 +48,13 @@ DEV_ENV = {
     "HOOKLANE_DEV_VOLUBILE_SECRET": "dev-volubile-secret",
     "HOOKLANE_DEV_VOIPBIN_TOKEN": "dev-voipbin-token",
     "HOOKLANE_DEV_VOICEKIT_TOKEN": "dev-voicekit-token",
+    "HOOKLANE_DEV_RETELL_API_KEY": "key_dev_retell_api_key",
+    # An Ed25519 private key: the dev source verifies with its public key and `hooklane send` signs with it.
+    # On one line (PEM's line breaks as spaces) so that the env file `hooklane dev` writes stays one line each.
+    "HOOKLANE_DEV_TELNYX_KEY": "-----BEGIN PRIVATE KEY----- "
+                               "MC4CAQAwBQYDK2VwBCIEIHTU6Cb2vOPMnH9Vze3Jk8gEi6Xg+8XjurVcqWni3QQO "
+                               "-----END PRIVATE KEY-----",
+    "HOOKLANE_DEV_STANDARDWEBHOOKS_SECRET": "whsec_ZGV2LXN0YW5kYXJkd2ViaG9va3Mtc2VjcmV0IQ==",
     "HOOKLANE_ADMIN_TOKEN": "dev-admin-token-only-for-127.0.0.1",
 }
 

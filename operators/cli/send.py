@@ -86,6 +86,8 @@ def send(args: argparse.Namespace) -> int:
         if args.event is not None:
             sending.pick_event_type(provider, args.event, 0)
         creds = resolve_credentials(args)
+        # A secret that cannot sign (a source's Telnyx public key) fails here once, not in every thread.
+        sending.build_delivery(provider, None, args.event, secret=creds.secret, token=creds.token)
     except (sending.SendError, ConfigError) as exc:
         print(f"hooklane send: {exc}", file=sys.stderr)
         return 2

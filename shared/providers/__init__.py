@@ -7,7 +7,16 @@ the contract), its line below, and ``tests/fixtures/<name>/``;
 
 from __future__ import annotations
 
-from hooklane.shared.providers import voicekit, voipbin, volubile, volumereach, voxpria
+from hooklane.shared.providers import (
+    retell,
+    standardwebhooks,
+    telnyx,
+    voicekit,
+    voipbin,
+    volubile,
+    volumereach,
+    voxpria,
+)
 from hooklane.shared.providers.base import Provider
 
 PROVIDERS: dict[str, Provider] = {
@@ -18,5 +27,8 @@ PROVIDERS: dict[str, Provider] = {
         volubile.PROVIDER,
         voipbin.PROVIDER,
         voicekit.PROVIDER,
+        retell.PROVIDER,
+        telnyx.PROVIDER,
+        standardwebhooks.PROVIDER,
     )
 }

@@ -13,12 +13,17 @@ A provider module (``shared/providers/<name>.py``) defines:
   Names missing from it flow on as ``<provider>.<name>``; nothing is dropped.
 - ``normalize(payload, delivery, source)`` — payload (parsed JSON) -> `Event`.
 - ``samples()`` — realistic payloads of the documented shape, one per event type.
+- optionally ``check_secret(secret)`` — raises ValueError for a configured
+  secret that can never verify (not a key of the provider's kind), so the
+  config load fails naming it instead of every delivery failing with a 401.
 
 and registers them as one `Provider` in ``shared/providers/__init__.py``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import math
@@ -70,6 +75,10 @@ class Provider:
     # Lower-case request headers the workers need (kept in the envelope).
     forward_headers: tuple[str, ...] = ()
     delivery_id_header: str | None = None
+    # sign() takes `delivery_id=` and signs it: the id header is part of the signed content.
+    signs_delivery_id: bool = False
+    # Raises ValueError (a reason, never the value) for a configured secret that can never verify.
+    check_secret: Callable[[bytes], None] | None = None
 
     @property
     def signs(self) -> bool:
@@ -126,6 +135,16 @@ def check_timestamp(value: str, tolerance: int, now: Clock) -> int:
     if abs(now() - ts) > tolerance:
         raise SignatureError("timestamp outside the tolerance window")
     return ts
+
+
+def b64decode_strict(value: str, *, padding_optional: bool = False) -> bytes:
+    """Base64 that refuses what `base64.b64decode` silently drops (spaces, other characters), ValueError else."""
+    if padding_optional:
+        value += "=" * (-len(value) % 4)
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise ValueError("not base64") from None
 
 
 # --------------------------------------------------------------------------- normalizing

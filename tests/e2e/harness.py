@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_HOOKLANE = Path(sys.executable).with_name("hooklane")
 # The installed console script when there is one (what users run), else the same entry point via -c.
 HOOKLANE = [str(VENV_HOOKLANE)] if VENV_HOOKLANE.exists() else [
-    sys.executable, "-c", "import sys; from operators.cli import main; sys.exit(main(sys.argv[1:]))"]
+    sys.executable, "-c", "import sys; from hooklane.operators.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 E2E_ENV = {
     "E2E_VOLUMEREACH_SECRET": "e2e-volumereach-secret",
@@ -34,6 +34,11 @@ E2E_ENV = {
     "E2E_VOLUBILE_SECRET": "e2e-volubile-secret",
     "E2E_VOIPBIN_TOKEN": "e2e-voipbin-token",
     "E2E_VOICEKIT_TOKEN": "e2e-voicekit-token",
+    "E2E_RETELL_API_KEY": "key_e2e0retell0api0key",
+    # Telnyx's source holds a private key (its public key verifies) so the tests can sign as Telnyx.
+    "E2E_TELNYX_KEY": "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIDM0NTY3ODk6Ozw9Pj9AQUJDREVGR0hJSktMTU5PUFFS\n"
+                      "-----END PRIVATE KEY-----\n",
+    "E2E_SW_SECRET": "whsec_ZTJlLXN0YW5kYXJkLXdlYmhvb2tzLXNlY3JldA==",
 }
 
 SINK_MAX_ATTEMPTS = 3
@@ -75,6 +80,21 @@ name = "voicekit"
 provider = "voicekit"
 token = "env:E2E_VOICEKIT_TOKEN"
 allow_ips = ["127.0.0.1/32"]
+
+[[sources]]
+name = "retell"
+provider = "retell"
+secrets = ["env:E2E_RETELL_API_KEY"]
+
+[[sources]]
+name = "telnyx"
+provider = "telnyx"
+secrets = ["env:E2E_TELNYX_KEY"]
+
+[[sources]]
+name = "standardwebhooks"
+provider = "standardwebhooks"
+secrets = ["env:E2E_SW_SECRET"]
 
 # Right token, wrong network: every request from this test machine is 403.
 [[sources]]

@@ -155,8 +155,16 @@ def test_a_redelivered_event_reaches_the_sink_once(pipeline: Pipeline, provider:
 # --------------------------------------------------------------------------- refused
 
 
+# A key of the right kind that is not the source's (Telnyx signs with a private key, Standard Webhooks' is base64).
+FORGERY_KEYS = {
+    "telnyx": b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJeYmZqbnJ2en6ChoqOkpaanqKmqq6ytrq+wsbKztLW2\n"
+              b"-----END PRIVATE KEY-----\n",
+    "standardwebhooks": b"whsec_bm90LXRoZS1zb3VyY2Utc2VjcmV0LWF0LWFsbA==",
+}
+
+
 def _forged(p: Pipeline, source: str, run: str) -> sending.WireDelivery:
-    return p.build(source, seq=0, run=run, secret=b"not-the-secret")
+    return p.build(source, seq=0, run=run, secret=FORGERY_KEYS.get(source, b"not-the-secret"))
 
 
 def _stale(p: Pipeline, source: str, run: str) -> sending.WireDelivery:
@@ -193,6 +201,15 @@ REFUSED = [
     ("voxpria", _unsigned, 401),
     ("volubile", _forged, 401),
     ("volubile", _unsigned, 401),
+    ("retell", _forged, 401),
+    ("retell", _stale, 401),
+    ("retell", _unsigned, 401),
+    ("telnyx", _forged, 401),
+    ("telnyx", _stale, 401),
+    ("telnyx", _unsigned, 401),
+    ("standardwebhooks", _forged, 401),
+    ("standardwebhooks", _stale, 401),
+    ("standardwebhooks", _unsigned, 401),
     ("voipbin", _no_token, 401),
     ("voipbin", _wrong_token, 401),
     ("voipbin", _wrong_path_token, 401),
