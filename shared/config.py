@@ -104,6 +104,8 @@ class SourceConfig:
     tolerance_seconds: int = 300
     insecure: bool = False
     methods: tuple[str, ...] = ()  # empty = every method the provider may use
+    # The provider's own settings (its `option_keys`), parsed by its `options`; None for providers without.
+    options: Any = None
 
 
 @dataclass(frozen=True)
@@ -282,15 +284,25 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     )
 
 
+SOURCE_KEYS = ("name", "provider", "secrets", "token", "allow_ips", "tolerance_seconds", "insecure", "methods")
+
+
 def _source(s: _Reader) -> SourceConfig:
     from shared.providers import PROVIDERS  # the registry; imported late to keep config importable alone
+    from shared.providers.base import OptionError
 
-    s.only("name", "provider", "secrets", "token", "allow_ips", "tolerance_seconds", "insecure", "methods")
     name = s.name("name", None)
     provider_name = s.str("provider", None)
     if provider_name not in PROVIDERS:
         raise ConfigError(f"{s.key('provider')}: unknown provider {provider_name!r} (known: {', '.join(PROVIDERS)})")
     provider = PROVIDERS[provider_name]
+    s.only(*SOURCE_KEYS, *provider.option_keys)
+    options = None
+    if provider.options is not None:
+        try:
+            options = provider.options(s.data)
+        except OptionError as exc:
+            raise ConfigError(f"{s.key(exc.key)}: {exc.message}") from None
     secrets = tuple(s.secret_list("secrets"))
     tokens = tuple(s.secret_list("token"))
     allow_ips = []
@@ -325,6 +337,7 @@ def _source(s: _Reader) -> SourceConfig:
         tolerance_seconds=s.int("tolerance_seconds", 300, minimum=1),
         insecure=insecure,
         methods=methods,
+        options=options,
     )
 
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, is_payload_file
 
 from shared.envelope import Delivery
 from shared.events import CANONICAL_TYPES
@@ -17,9 +17,8 @@ NAMES = sorted(PROVIDERS)
 
 
 def stems(provider: str) -> set[str]:
-    """Payload fixture names without .json: "<provider_type>" or "<provider_type>--<variant>"."""
-    return {p.name[:-len(".json")] for p in (FIXTURES / provider).glob("*.json")
-            if not p.name.endswith(".expected.json") and p.name != "vectors.json"}
+    """Payload fixture names without .json / .form: "<provider_type>" or "<provider_type>--<variant>"."""
+    return {p.name[:-len(p.suffix)] for p in (FIXTURES / provider).glob("*.*") if is_payload_file(p)}
 
 
 def sample_events(provider: str) -> list[tuple[str, Any]]:
@@ -29,7 +28,7 @@ def sample_events(provider: str) -> list[tuple[str, Any]]:
         body = json.dumps(payload).encode()
         d = Delivery(id="0" * 32, source=provider, provider=provider, received_at="2026-01-01T00:00:00.000000Z",
                      body=body)
-        out.append((provider_type, prov.normalize(json.loads(body), d)))
+        out.append((provider_type, prov.normalize_payload(json.loads(body), d)))
     return out
 
 

@@ -35,6 +35,7 @@ from shared.envelope import Delivery, EnvelopeError, log_delivery_id, utc_now_is
 from shared.events import Event
 from shared.jobs import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
 from shared.providers import PROVIDERS
+from shared.providers.base import Provider
 from workers import metrics, runtime
 from workers.backoff import delays
 from workers.errors import NormalizeFailed, PermanentError, is_permanent
@@ -49,14 +50,35 @@ def normalize(delivery: Delivery) -> Event:
     provider = PROVIDERS.get(delivery.provider)
     if provider is None:
         raise NormalizeFailed(f"unknown provider {delivery.provider!r}")
+    if provider.parse is not None:  # a wire format of its own (twilio's forms); JSON is parsed below
+        return _normalize_payload(provider, _provider_parse(provider, delivery), delivery)
     try:
         payload = json.loads(delivery.body, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise NormalizeFailed(f"body is not JSON: {exc}") from exc
+    return _normalize_payload(provider, payload, delivery)
+
+
+def _provider_parse(provider: Provider, delivery: Delivery) -> Any:
     try:
-        return provider.normalize(payload, delivery)
+        return provider.parse(delivery)  # type: ignore[misc]
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise NormalizeFailed(f"{delivery.provider} body cannot be read: {exc}") from exc
+
+
+def _normalize_payload(provider: Provider, payload: Any, delivery: Delivery) -> Event:
+    try:
+        return provider.normalize_payload(payload, delivery, _source_options(provider, delivery))
     except Exception as exc:  # noqa: BLE001 - any normalizer failure is permanent for this body; replay after a fix
         raise NormalizeFailed(f"{delivery.provider} normalizer: {type(exc).__name__}: {exc}") from exc
+
+
+def _source_options(provider: Provider, delivery: Delivery) -> Any:
+    # Only providers with per-source settings look the source up (a removed source: the defaults).
+    if not provider.takes_context:
+        return None
+    source = runtime.get().config.sources.get(delivery.source)
+    return source.options if source is not None and source.provider == provider.name else None
 
 
 def _refuse_constant(name: str) -> float:

@@ -7,6 +7,10 @@ the contract), its line below, and ``tests/fixtures/<name>/``;
 
 from __future__ import annotations
 
+# One import per line for the providers added after the seeds: parallel additions merge without conflicts.
+from shared.providers import generic_hmac as generic_hmac
+from shared.providers import twilio as twilio
+from shared.providers import vapi as vapi
 from shared.providers import voicekit, voipbin, volubile, volumereach, voxpria
 from shared.providers.base import Provider
 
@@ -18,5 +22,8 @@ PROVIDERS: dict[str, Provider] = {
         volubile.PROVIDER,
         voipbin.PROVIDER,
         voicekit.PROVIDER,
+        twilio.PROVIDER,
+        vapi.PROVIDER,
+        generic_hmac.PROVIDER,
     )
 }

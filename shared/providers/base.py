@@ -15,6 +15,16 @@ A provider module (``shared/providers/<name>.py``) defines:
 - ``samples()`` — realistic payloads of the documented shape, one per event type.
 
 and registers them as one `Provider` in ``shared/providers/__init__.py``.
+
+Providers whose signature covers more than body and headers (twilio signs the
+URL and the form parameters), or that need per-source settings (vapi's auth
+mode, the generic ``hmac`` scheme), set ``takes_context=True``: their
+``verify`` then also receives ``request=`` (a frozen `Request`) and
+``options=`` (what their ``options`` parser made of the source's own keys,
+``option_keys``), and ``normalize`` receives ``options=``. Every
+other provider keeps the plain signatures above. A provider whose wire format
+is not a JSON object names its own ``check_body`` (ingest, 400 reason) and
+``parse`` (worker, raw delivery -> payload).
 """
 
 from __future__ import annotations
@@ -56,11 +66,51 @@ class NormalizeError(ValueError):
     """The payload cannot be read as this provider's event (permanent: dead-lettered, replayable)."""
 
 
+class OptionError(ValueError):
+    """A provider-specific source setting cannot work; `key` is the [[sources]] key to blame."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Request:
+    """The parts of the HTTP request a contextual verifier may sign over, besides body and headers.
+
+    `url` is scheme://host[:port]/path as ingest saw it (no query); `query` the raw query
+    string, byte-exact as received (percent-escapes and order kept: signatures cover it).
+    """
+
+    method: str = "POST"
+    url: str = ""
+    query: str = ""
+
+    def signed_url(self, public_url: str | None) -> str:
+        """The URL the sender was given: `public_url` (behind a proxy) or the one seen, plus the query as sent."""
+        base = public_url or self.url
+        return f"{base}?{self.query}" if self.query else base
+
+
+_WS = b" \t\r\n"
+
+
+def json_object_body(body: bytes, method: str) -> str | None:
+    """Ingest's body check for JSON providers: None when acceptable, else the 400 reason."""
+    stripped = body.lstrip(_WS)
+    if not stripped:
+        return "empty body"
+    if stripped[:1] != b"{":
+        return "body must be a JSON object"
+    return None
+
+
 @dataclass(frozen=True)
 class Provider:
     name: str
     event_types: Mapping[str, str]
-    normalize: Callable[[Any, Delivery], Event]
+    normalize: Callable[..., Event]
     samples: Callable[[], dict[str, dict[str, Any]]]
     # None for providers that do not sign: their sources authenticate by URL token and/or IP.
     verify: Callable[..., None] | None = None
@@ -70,10 +120,39 @@ class Provider:
     # Lower-case request headers the workers need (kept in the envelope).
     forward_headers: tuple[str, ...] = ()
     delivery_id_header: str | None = None
+    # Extra [[sources]] keys this provider reads, and the parser that turns a source's table into
+    # its typed, frozen options (raising OptionError naming the key); see the module docstring.
+    option_keys: tuple[str, ...] = ()
+    options: Callable[[Mapping[str, Any]], Any] | None = None
+    takes_context: bool = False
+    # Ingest's body check (None = acceptable, else the 400 reason) and the worker's body reader
+    # (None = the worker's JSON parse).
+    check_body: Callable[[bytes, str], str | None] = json_object_body
+    parse: Callable[[Delivery], Any] | None = None
 
     @property
     def signs(self) -> bool:
         return self.verify is not None
+
+    def verify_request(self, body: bytes, headers: Headers, secrets: Sequence[bytes], *, tolerance: int,
+                       now: Clock, request: Request, options: Any) -> None:
+        """Call `verify` with the context it takes (the plain contract for providers that take none)."""
+        if self.verify is None:
+            return
+        if self.takes_context:
+            self.verify(body, headers, secrets, tolerance=tolerance, now=now, request=request,
+                        options=self.default_options() if options is None else options)
+        else:
+            self.verify(body, headers, secrets, tolerance=tolerance, now=now)
+
+    def normalize_payload(self, payload: Any, delivery: Delivery, options: Any = None) -> Event:
+        if self.takes_context:
+            return self.normalize(payload, delivery, options=options)  # None: the provider's defaults
+        return self.normalize(payload, delivery)
+
+    def default_options(self) -> Any:
+        """The options of a source that sets none of this provider's keys (OptionError if some are required)."""
+        return self.options({}) if self.options is not None else None
 
 
 # --------------------------------------------------------------------------- signatures
