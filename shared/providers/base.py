@@ -129,6 +129,9 @@ class Provider:
     # (None = the worker's JSON parse).
     check_body: Callable[[bytes, str], str | None] = json_object_body
     parse: Callable[[Delivery], Any] | None = None
+    # How `hooklane send` puts a sample payload on the wire (None: compact JSON).
+    encode: Callable[[Mapping[str, Any]], bytes] | None = None
+    content_type: str = "application/json"
 
     @property
     def signs(self) -> bool:

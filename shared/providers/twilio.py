@@ -368,4 +368,6 @@ PROVIDER = Provider(
     takes_context=True,
     check_body=check_body,
     parse=parse,
+    encode=encode,
+    content_type="application/x-www-form-urlencoded",
 )
