@@ -530,6 +530,8 @@ def describe(config: Config) -> str:
             auth.append(f"IPs {', '.join(str(n) for n in s.allow_ips)}")
         if s.insecure:
             auth.append("INSECURE: no authentication")
+        if s.options is not None and hasattr(s.options, "describe"):
+            auth.append(s.options.describe())  # the provider's own settings (twilio's URL, an HMAC scheme)
         lines.append(f"  /webhooks/{s.name}  provider={s.provider}  auth: {'; '.join(auth)}")
     lines.append(f"handlers ({len(config.handlers)}):")
     for h in config.handlers.values():

@@ -16,7 +16,7 @@ from conftest import FIXTURES, request_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.config import ConfigError
+from shared.config import ConfigError, describe
 from shared.envelope import Delivery
 from shared.providers import generic_hmac
 from shared.providers.base import SignatureError
@@ -177,3 +177,10 @@ def test_canonical_type_passes_through_and_missing_identity_is_the_body_hash(mak
         "call.completed", "h:call.completed:c1", "c1", "2025-01-01T00:00:00.000000Z")
     payload = {"type": "call.completed", "data": {}}
     assert normalize(options, payload).id == "h:" + hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def test_check_config_describes_the_scheme_and_fields(make_config: Any) -> None:
+    stripe = next(v for v in VECTORS if v["scheme"] == "stripe")
+    text = describe(make_config(SOURCE + toml(stripe["options"]), env={"H_SECRET": "s"}))
+    assert ("HMAC-SHA256 hex in stripe-signature v1= over '{timestamp}.{body}', timestamp (s) in stripe-signature t=;"
+            " type from type, identity id") in text

@@ -111,3 +111,11 @@ def test_methods_and_headers_are_well_formed(name: str) -> None:
 
 def test_voipbin_accepts_every_method_its_customer_profile_allows() -> None:
     assert set(PROVIDERS["voipbin"].methods) == {"POST", "PUT", "GET", "DELETE"}
+
+
+def test_dev_sample_config_has_a_working_source_of_every_provider() -> None:
+    from shared import config as config_mod
+    from shared.cli import dev
+
+    config = config_mod.load(dev.SAMPLE_CONFIG, env=dev.DEV_ENV)
+    assert {s.provider for s in config.sources.values()} == set(PROVIDERS)

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from shared.config import ConfigError
+from shared.config import ConfigError, describe
 from shared.envelope import Delivery
 from shared.providers import twilio
 from shared.providers.base import SignatureError
@@ -217,3 +217,11 @@ def test_twilio_source_takes_public_url_and_refuses_other_providers_keys(make_co
     with pytest.raises(ConfigError, match=r"sources\[0\]\.signature_header: unknown key"):
         make_config(base + 'signature_header = "x"\n', env={"TW_TOKEN": TOKEN})
 
+
+
+def test_check_config_says_which_url_twilio_signatures_are_checked_against(make_config: Any) -> None:
+    base = '[[sources]]\nname = "tw"\nprovider = "twilio"\nsecrets = ["env:TW_TOKEN"]\n'
+    assert "over the URL ingest sees (set public_url behind a proxy)" in describe(
+        make_config(base, env={"TW_TOKEN": TOKEN}))
+    assert f"over {PUBLIC} + query + form" in describe(
+        make_config(base + f'public_url = "{PUBLIC}"\n', env={"TW_TOKEN": TOKEN}))

@@ -47,6 +47,9 @@ DEV_ENV = {
     "HOOKLANE_DEV_VOLUBILE_SECRET": "dev-volubile-secret",
     "HOOKLANE_DEV_VOIPBIN_TOKEN": "dev-voipbin-token",
     "HOOKLANE_DEV_VOICEKIT_TOKEN": "dev-voicekit-token",
+    "HOOKLANE_DEV_TWILIO_TOKEN": "dev-twilio-auth-token",
+    "HOOKLANE_DEV_VAPI_SECRET": "dev-vapi-hmac-secret",
+    "HOOKLANE_DEV_HMAC_SECRET": "dev-hmac-secret",
 }
 
 # Runs the hooklane CLI in a child without depending on the console script being on PATH.

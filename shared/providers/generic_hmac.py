@@ -60,6 +60,10 @@ class Options:
     call_id_field: tuple[str, ...] | None = None
     time_field: tuple[str, ...] | None = None
 
+    def describe(self) -> str:
+        identity = ", ".join(".".join(p) for p in self.identity_fields) or "SHA-256 of the body"
+        return f"{self.scheme.describe()}; type from {'.'.join(self.type_field)}, identity {identity}"
+
 
 DEFAULT_OPTIONS = Options(scheme=HmacScheme(signature_header="x-signature"))
 

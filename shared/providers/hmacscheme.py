@@ -62,6 +62,18 @@ class HmacScheme:
     def digest_size(self) -> int:
         return ALGORITHMS[self.algorithm]().digest_size
 
+    def describe(self) -> str:
+        where = f"{self.signature_header}" + (f" {self.signature_key}=" if self.signature_key else "")
+        text = f"HMAC-{self.algorithm.upper()} {self.encoding} in {where}{self.prefix} over {self.template_text!r}"
+        if self.timestamp_header:
+            ts_where = self.timestamp_header + (f" {self.timestamp_key}=" if self.timestamp_key else "")
+            text += f", timestamp ({self.timestamp_unit}) in {ts_where}"
+        if self.id_header:
+            text += f", id in {self.id_header}"
+        if self.public_url:
+            text += f", url {self.public_url}"
+        return text
+
     def keys(self, secrets: Sequence[bytes]) -> list[bytes]:
         if not self.secret_is_base64:
             return list(secrets)

@@ -84,6 +84,10 @@ METADATA_FIELDS = ("AccountSid", "RecordingSid", "ParentCallSid", "SipResponseCo
 class Options:
     public_url: str | None = None
 
+    def describe(self) -> str:
+        url = self.public_url or "the URL ingest sees (set public_url behind a proxy)"
+        return f"X-Twilio-Signature over {url} + query + form; no timestamp"
+
 
 def options(raw: Mapping[str, Any]) -> Options:
     url = raw.get("public_url")

@@ -87,6 +87,11 @@ class Options:
     bearer_prefix: bool = True
     scheme: HmacScheme | None = None
 
+    def describe(self) -> str:
+        if self.scheme is not None:
+            return "vapi HMAC: " + self.scheme.describe()
+        return f"vapi {self.auth} token in {self.header}" + (" (Bearer)" if self.bearer_prefix else "")
+
 
 def options(raw: Mapping[str, Any]) -> Options:
     auth = raw.get("auth", "bearer")

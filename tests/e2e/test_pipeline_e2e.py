@@ -266,6 +266,25 @@ def test_hooklane_send_with_redeliveries_delivers_each_distinct_event_once(pipel
     assert len(keys) == len(set(keys)) == summary["distinct_events"]
 
 
+@pytest.mark.parametrize("provider", ["twilio", "vapi", "hmac"])
+def test_hooklane_send_signs_with_the_sources_url_and_scheme(pipeline: Pipeline, provider: str) -> None:
+    # Twilio signs the URL sent to, vapi and hmac the scheme of their source in the config: all must pass ingest.
+    count = len(sending.event_types(provider))
+    result = pipeline.hooklane("send", provider, "--url", pipeline.url(provider), "--count", str(count),
+                               "--duplicate-rate", "0.2", "--seed", "3", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["by_status"] == {"200": count}
+
+
+def test_hooklane_send_hmac_without_its_source_is_a_usage_error(pipeline: Pipeline, tmp_path: Path) -> None:
+    env = {**pipeline.env, "SOME_SECRET": "x"}
+    env.pop("HOOKLANE_CONFIG", None)
+    result = subprocess.run([*HOOKLANE, "send", "hmac", "--url", pipeline.url("hmac"), "--secret-env", "SOME_SECRET"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "signature_header: required" in result.stderr and "--source" in result.stderr
+
+
 def test_hooklane_send_takes_the_token_from_the_config_and_exits_1_on_a_refusal(pipeline: Pipeline) -> None:
     ok = pipeline.hooklane("send", "voicekit", "--url", pipeline.url("voicekit"), "--count", "3", "--json")
     assert ok.returncode == 0, ok.stdout + ok.stderr
