@@ -29,6 +29,8 @@ is not a JSON object names its own ``check_body`` (ingest, 400 reason) and
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import math
@@ -185,6 +187,16 @@ def parse_hex_digest(value: str, prefix: str = "") -> str:
     except ValueError:
         raise SignatureError("signature is not hex") from None
     return value.lower()
+
+
+def decode_base64(value: str) -> bytes:
+    """A base64 signature header's bytes, or SignatureError: strict, a stray character is an error, never dropped."""
+    if not value.isascii():
+        raise SignatureError("signature is not base64")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError("signature is not base64") from None
 
 
 def check_digest(provided_hex: str, message: bytes, secrets: Sequence[bytes]) -> None:

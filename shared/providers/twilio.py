@@ -22,7 +22,6 @@ Identity: ``CallSid`` + ``CallStatus`` (+ ``SequenceNumber``); recordings
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -46,6 +45,7 @@ from shared.providers.base import (
     as_str,
     build_event,
     canonical_type,
+    decode_base64,
     identity_of,
     require_header,
     require_object,
@@ -175,12 +175,7 @@ def url_variants(url: str) -> list[str]:
 
 
 def _signature(value: str) -> bytes:
-    if not value.isascii():
-        raise SignatureError("signature is not base64")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise SignatureError("signature is not base64") from None
+    raw = decode_base64(value)
     if len(raw) not in (20, 32):
         raise SignatureError("signature is not an HMAC-SHA1 or HMAC-SHA256 digest")
     return raw
