@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from shared.config import ConfigError, describe
 from shared.envelope import Delivery
 from shared.providers import generic_hmac
-from shared.providers.base import SignatureError
+from shared.providers.base import OptionError, SignatureError
 
 VECTORS = json.loads((FIXTURES / "hmac" / "vectors.json").read_text(encoding="utf-8"))
 SCHEMES = sorted({v["scheme"] for v in VECTORS})
@@ -184,3 +184,26 @@ def test_check_config_describes_the_scheme_and_fields(make_config: Any) -> None:
     text = describe(make_config(SOURCE + toml(stripe["options"]), env={"H_SECRET": "s"}))
     assert ("HMAC-SHA256 hex in stripe-signature v1= over '{timestamp}.{body}', timestamp (s) in stripe-signature t=;"
             " type from type, identity id") in text
+
+
+def test_hex_signature_with_whitespace_inside_is_not_hex(make_config: Any) -> None:
+    vector = next(v for v in VECTORS if v["scheme"] == "github" and v["valid"])
+    digest = vector["headers"]["X-Hub-Signature-256"][len("sha256="):]
+    spaced = "sha256=" + digest[:30] + " " + digest[31:]  # still 64 characters; bytes.fromhex would skip the space
+    with pytest.raises(SignatureError, match="signature is not hex"):
+        verify(vector, headers={"X-Hub-Signature-256": spaced})
+
+
+scheme_values = st.one_of(st.text(max_size=30), st.integers(), st.booleans(), st.lists(st.text(max_size=5), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.dictionaries(st.sampled_from([*generic_hmac.OPTION_KEYS, "tolerance_seconds"]), scheme_values,
+                           max_size=8),
+       template=st.text(alphabet="{}bodytimesamp.idurlmethx ", max_size=30))
+def test_any_source_keys_load_or_fail_naming_a_key(raw: dict[str, Any], template: str) -> None:
+    raw = {"signature_header": "x-sig", **raw, "template": template} if template else raw
+    try:
+        generic_hmac.options(raw)
+    except OptionError as exc:
+        assert exc.key in (*generic_hmac.OPTION_KEYS, "tolerance_seconds")

@@ -225,3 +225,36 @@ def test_check_config_says_which_url_twilio_signatures_are_checked_against(make_
         make_config(base, env={"TW_TOKEN": TOKEN}))
     assert f"over {PUBLIC} + query + form" in describe(
         make_config(base + f'public_url = "{PUBLIC}"\n', env={"TW_TOKEN": TOKEN}))
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def twilio_event(params: dict[str, str]) -> Any:
+    body = urlencode(params).encode()
+    d = Delivery(id="0" * 32, source="twilio", provider="twilio", received_at="2026-01-01T00:00:00.000000Z", body=body)
+    return twilio.normalize(twilio.parse(d), d)
+
+
+def test_redelivered_callback_keeps_its_id_and_each_progress_event_has_its_own() -> None:
+    params = twilio.samples()["ringing"]
+    first = twilio_event(params)
+    assert twilio_event(dict(reversed(list(params.items())))).id == first.id  # same fields, another order
+    assert twilio_event({**params, "SequenceNumber": "2"}).id != first.id
+    assert twilio_event({**params, "CallStatus": "in-progress"}).id != first.id
+
+
+def test_callback_without_call_sid_is_identified_by_its_body() -> None:
+    params = {k: v for k, v in twilio.samples()["completed"].items() if k != "CallSid"}
+    assert twilio_event(params).id == "twilio:" + hashlib.sha256(urlencode(params).encode()).hexdigest()
+
+
+@pytest.mark.parametrize(("direction", "phone", "canonical"), [
+    ("inbound", "+14155550100", "inbound"),
+    ("outbound-api", "+14155550199", "outbound"),
+    ("outbound-dial", "+14155550199", "outbound"),
+    ("trunking-originating", None, None),
+])
+def test_remote_party_follows_the_direction(direction: str, phone: str | None, canonical: str | None) -> None:
+    call = twilio_event({**twilio.samples()["completed"], "Direction": direction}).call
+    assert (call.direction, call.phone) == (canonical, phone)
