@@ -168,7 +168,7 @@ def create_app(
         ip = client_ip(remote_addr, headers.get("x-forwarded-for"), config.ingest.trusted_proxies)
         args = request.args
         token = path_token if path_token is not None else args.get("token")
-        delivery_id = headers.get(provider.delivery_id_header) if provider.delivery_id_header else None
+        delivery_id = headers.get(src.delivery_id_header) if src.delivery_id_header else None
         hl_logging.bind(source=src.name, provider=provider.name)
         try:
             authenticate(src, provider, body=body, headers=headers, token=token, ip=ip, now=clock,
@@ -192,7 +192,7 @@ def create_app(
             method=method,
             path=f"/webhooks/{src.name}" + ("/***" if path_token is not None else ""),
             query={k: v for k, v in args.items() if k != "token"} if args else {},
-            headers={k: v for k in (*provider.forward_headers, "content-type", "user-agent")
+            headers={k: v for k in (*src.forward_headers, "content-type", "user-agent")
                      if (v := headers.get(k)) is not None},
             remote_addr=remote_addr,
             client_ip=ip,

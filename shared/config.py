@@ -106,6 +106,9 @@ class SourceConfig:
     methods: tuple[str, ...] = ()  # empty = every method the provider may use
     # The provider's own settings (its `option_keys`), parsed by its `options`; None for providers without.
     options: Any = None
+    # Filled at load from the provider and its options: the delivery id header, the headers kept for the workers.
+    delivery_id_header: str | None = None
+    forward_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,7 @@ def _source(s: _Reader) -> SourceConfig:
             options = provider.options(s.data)
         except OptionError as exc:
             raise ConfigError(f"{s.key(exc.key)}: {exc.message}") from None
+    delivery_id_header, forward_headers = provider.source_headers(options)
     secrets = tuple(s.secret_list("secrets"))
     tokens = tuple(s.secret_list("token"))
     allow_ips = []
@@ -338,6 +342,8 @@ def _source(s: _Reader) -> SourceConfig:
         insecure=insecure,
         methods=methods,
         options=options,
+        delivery_id_header=delivery_id_header,
+        forward_headers=forward_headers,
     )
 
 

@@ -121,13 +121,20 @@ def wire_headers(
     if secret is not None and p.sign is not None:
         if p.takes_context:
             base, _, query = url.partition("?")
+            # A scheme that signs its id header gets the id to sign (or makes one up).
             headers.update(p.sign(body, secret, timestamp=timestamp, request=Request(url=base, query=query),
-                                  options=_options(p, options)))
+                                  options=_options(p, options), delivery_id=delivery_id))
         else:
             headers.update(p.sign(body, secret, timestamp=timestamp))
-    if p.delivery_id_header and delivery_id:
-        headers[p.delivery_id_header] = delivery_id
+    id_header = delivery_id_header(p, options)
+    if id_header and delivery_id:
+        headers[id_header] = delivery_id
     return headers
+
+
+def delivery_id_header(provider: str | Provider, options: Any = None) -> str | None:
+    """The header a source of `provider` with these options takes its delivery id from."""
+    return get_provider(provider).source_headers(options)[0]
 
 
 def _options(p: Provider, options: Any) -> Any:
@@ -185,11 +192,11 @@ def build_delivery(
         secret = signing_secret(source_config)
     if token is None:
         token = url_token(source_config)
-    if delivery_id is None and p.delivery_id_header:
-        delivery_id = f"dlv_{run}{'_' if run else ''}{seq}_{uuid.uuid4().hex[:8]}"
-    suffix = token_suffix(token, in_path=token_in_path)
     if options is None and source_config is not None:
         options = source_config.options
+    if delivery_id is None and delivery_id_header(p, options):
+        delivery_id = f"dlv_{run}{'_' if run else ''}{seq}_{uuid.uuid4().hex[:8]}"
+    suffix = token_suffix(token, in_path=token_in_path)
     headers = wire_headers(p, body, secret=secret, delivery_id=delivery_id, timestamp=timestamp,
                            url=with_suffix(url, suffix) if url else "", options=options)
     return WireDelivery(headers=headers, body=body, url_suffix=suffix)

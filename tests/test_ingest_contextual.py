@@ -6,6 +6,8 @@ Over the Flask test client with fakeredis; the worker's normalize step runs on w
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Callable, Iterator
 from urllib.parse import parse_qsl
@@ -54,6 +56,16 @@ type_field = "topic"
 identity_fields = ["id"]
 call_id_field = "id"
 
+# GitHub: the event type and the delivery id are headers, not payload fields.
+[[sources]]
+name = "gh"
+provider = "hmac"
+secrets = ["env:GH_SECRET"]
+signature_header = "X-Hub-Signature-256"
+prefix = "sha256="
+type_header = "X-GitHub-Event"
+id_header = "X-GitHub-Delivery"
+
 [handlers.log]
 type = "log"
 
@@ -61,7 +73,8 @@ type = "log"
 events = ["*"]
 handlers = ["log"]
 """
-ENV = {"TW_TOKEN": TW_TOKEN, "VAPI_TOKEN": "vapi-bearer-token", "SHOP_SECRET": "shpss_ingest"}
+ENV = {"TW_TOKEN": TW_TOKEN, "VAPI_TOKEN": "vapi-bearer-token", "SHOP_SECRET": "shpss_ingest",
+       "GH_SECRET": "It's a Secret to Everybody"}
 
 
 @pytest.fixture
@@ -205,3 +218,18 @@ def test_worker_uses_the_default_fields_for_a_source_no_longer_configured(worker
     d = Delivery(id="0" * 32, source="gone", provider="hmac", received_at="2026-01-01T00:00:00.000000Z", body=body)
     assert jobs.normalize(d).type == "call.completed"
 
+
+
+def test_hmac_source_takes_type_and_delivery_id_from_headers_it_names(
+        client: FlaskClient, redis_conn: fakeredis.FakeRedis, worker_runtime: None) -> None:
+    body = b'{"action":"opened","issue":{"id":1,"number":1347},"repository":{"id":1296269}}'
+    signature = "sha256=" + hmac.new(ENV["GH_SECRET"].encode(), body, hashlib.sha256).hexdigest()
+    guid = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    resp = client.post("/webhooks/gh", data=body, headers={
+        "X-Hub-Signature-256": signature, "X-GitHub-Event": "issues", "X-GitHub-Delivery": guid})
+    assert resp.status_code == 200, resp.get_json()
+    delivery = Delivery.from_json(_only_envelope(redis_conn))
+    assert delivery.delivery_id == guid
+    event = jobs.normalize(delivery)
+    assert (event.id, event.type, event.provider_type, event.delivery_id) == (
+        f"gh:issues:{guid}", "hmac.issues", "issues", guid)

@@ -133,7 +133,8 @@ def run(args: argparse.Namespace, creds: Credentials) -> dict[str, Any]:
         return wire, False
 
     def remember(wire: sending.WireDelivery) -> None:
-        delivery_id = wire.headers.get(provider.delivery_id_header) if provider.delivery_id_header else None
+        id_header = sending.delivery_id_header(provider, creds.options)
+        delivery_id = wire.headers.get(id_header) if id_header else None
         with state_lock:
             history.append((wire.body, delivery_id))
             if len(history) > HISTORY:

@@ -21,7 +21,9 @@ URL and the form parameters), or that need per-source settings (vapi's auth
 mode, the generic ``hmac`` scheme), set ``takes_context=True``: their
 ``verify`` then also receives ``request=`` (a frozen `Request`) and
 ``options=`` (what their ``options`` parser made of the source's own keys,
-``option_keys``), and ``normalize`` receives ``options=``. Every
+``option_keys``), and ``normalize`` receives ``options=``. Options may name headers
+of their own (``delivery_id_header``, ``forward_headers``: a generic source's id and
+type headers); ingest keeps them in the envelope as it does the provider's. Every
 other provider keeps the plain signatures above. A provider whose wire format
 is not a JSON object names its own ``check_body`` (ingest, 400 reason) and
 ``parse`` (worker, raw delivery -> payload).
@@ -154,6 +156,12 @@ class Provider:
         if self.takes_context:
             return self.normalize(payload, delivery, options=options)  # None: the provider's defaults
         return self.normalize(payload, delivery)
+
+    def source_headers(self, options: Any) -> tuple[str | None, tuple[str, ...]]:
+        """(delivery id header, headers kept for the workers) of a source with these options."""
+        id_header = getattr(options, "delivery_id_header", None) or self.delivery_id_header
+        forward = (*self.forward_headers, *getattr(options, "forward_headers", ()))
+        return id_header, tuple(dict.fromkeys(forward))
 
     def default_options(self) -> Any:
         """The options of a source that sets none of this provider's keys (OptionError if some are required)."""

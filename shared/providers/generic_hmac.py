@@ -42,10 +42,17 @@ from shared.providers.base import (
     require_object,
     to_iso,
 )
-from shared.providers.hmacscheme import SCHEME_KEYS, HmacScheme, parse_scheme, sign_scheme, verify_scheme
+from shared.providers.hmacscheme import (
+    HEADER_RE,
+    SCHEME_KEYS,
+    HmacScheme,
+    parse_scheme,
+    sign_scheme,
+    verify_scheme,
+)
 
 NAME = "hmac"
-OPTION_KEYS = (*SCHEME_KEYS, "type_field", "identity_fields", "call_id_field", "time_field")
+OPTION_KEYS = (*SCHEME_KEYS, "type_field", "type_header", "identity_fields", "call_id_field", "time_field")
 _PATH_RE = re.compile(r"^[A-Za-z0-9_$@-]+(\.[A-Za-z0-9_$@-]+)*$")
 
 # Canonical names pass through unchanged (a sender that already speaks them); nothing else is mapped.
@@ -59,17 +66,34 @@ class Options:
     identity_fields: tuple[tuple[str, ...], ...] = ()
     call_id_field: tuple[str, ...] | None = None
     time_field: tuple[str, ...] | None = None
+    type_header: str | None = None
+
+    @property
+    def delivery_id_header(self) -> str | None:
+        return self.scheme.id_header
+
+    @property
+    def forward_headers(self) -> tuple[str, ...]:
+        return tuple(h for h in (self.type_header, self.scheme.id_header) if h)
 
     def describe(self) -> str:
-        identity = ", ".join(".".join(p) for p in self.identity_fields) or "SHA-256 of the body"
-        return f"{self.scheme.describe()}; type from {'.'.join(self.type_field)}, identity {identity}"
+        identity = (", ".join(".".join(p) for p in self.identity_fields) or self.scheme.id_header
+                    or "SHA-256 of the body")
+        kind = self.type_header or ".".join(self.type_field)
+        return f"{self.scheme.describe()}; type from {kind}, identity {identity}"
 
 
 DEFAULT_OPTIONS = Options(scheme=HmacScheme(signature_header="x-signature"))
 
 
 def options(raw: Mapping[str, Any]) -> Options:
+    if "type_header" in raw and "type_field" in raw:
+        raise OptionError("type_header", "set type_header or type_field, not both")
+    type_header = raw.get("type_header")
+    if type_header is not None and (not isinstance(type_header, str) or not HEADER_RE.match(type_header)):
+        raise OptionError("type_header", f"{type_header!r} is not an HTTP header name")
     return Options(
+        type_header=type_header.lower() if type_header else None,
         scheme=parse_scheme(raw),
         type_field=_path(raw, "type_field") or ("type",),
         identity_fields=tuple(_path_of("identity_fields", p) for p in _str_list(raw, "identity_fields")),
@@ -106,8 +130,8 @@ def verify(body: bytes, headers: Headers, secrets: Sequence[bytes], *, tolerance
 
 
 def sign(body: bytes, secret: bytes, *, timestamp: int | None = None, request: Request | None = None,
-         options: Options = DEFAULT_OPTIONS) -> dict[str, str]:
-    return sign_scheme(options.scheme, body, secret, timestamp=timestamp, request=request)
+         options: Options = DEFAULT_OPTIONS, delivery_id: str | None = None) -> dict[str, str]:
+    return sign_scheme(options.scheme, body, secret, timestamp=timestamp, request=request, delivery_id=delivery_id)
 
 
 def at(payload: Any, path: tuple[str, ...] | None) -> Any:
@@ -121,11 +145,18 @@ def at(payload: Any, path: tuple[str, ...] | None) -> Any:
 def normalize(payload: Any, delivery: Delivery, options: Options | None = None) -> Event:
     options = options or DEFAULT_OPTIONS
     payload = require_object(payload, NAME)
-    provider_type = at(payload, options.type_field)
+    if options.type_header:
+        provider_type = delivery.headers.get(options.type_header)
+        where = f"{options.type_header} header"
+    else:
+        provider_type = at(payload, options.type_field)
+        where = repr(".".join(options.type_field))
     if not isinstance(provider_type, str) or not provider_type.strip():
-        raise NormalizeError(f"hmac payload has no {'.'.join(options.type_field)!r} name")
+        raise NormalizeError(f"hmac delivery has no {where} event name")
     event_type = provider_type if provider_type in CANONICAL_TYPES else f"{NAME}.{provider_type}"
-    parts = [at(payload, p) for p in options.identity_fields]
+    # The sender's delivery id identifies the event when the payload has no fields configured for it.
+    parts = [at(payload, p) for p in options.identity_fields] or (
+        [delivery.delivery_id] if options.scheme.id_header else [])
     return build_event(
         delivery=delivery,
         identity=identity_of(delivery.body, provider_type, *parts) if parts else identity_of(delivery.body),

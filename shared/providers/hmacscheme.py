@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import re
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ ENCODINGS = ("hex", "base64")
 UNITS = {"s": 1.0, "ms": 1000.0}
 PLACEHOLDERS = ("body", "timestamp", "id", "url", "method")
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
-_HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
+HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
 _HEX = frozenset("0123456789abcdefABCDEF")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Longest timestamp accepted: 13 digits is milliseconds until the year 2286; longer is not a timestamp.
@@ -114,7 +115,7 @@ def parse_scheme(raw: Mapping[str, Any], *, defaults: Mapping[str, Any] | None =
 
     def header(key: str) -> str | None:
         v = text(key)
-        if v is not None and not _HEADER_RE.match(v):
+        if v is not None and not HEADER_RE.match(v):
             raise OptionError(key, f"{v!r} is not an HTTP header name")
         return v.lower() if v else None
 
@@ -212,7 +213,8 @@ def verify_scheme(scheme: HmacScheme, body: bytes, headers: Headers, secrets: Se
                   tolerance: int, now: Clock, request: Request) -> None:
     provided = [_decode_signature(scheme, v) for v in _signature_values(scheme, headers)]
     timestamp = _timestamp(scheme, headers, tolerance, now) if scheme.timestamp_header else None
-    delivery_id = require_header(headers, scheme.id_header) if scheme.id_header else None
+    # The id header is only required when it is signed; otherwise it is the delivery id, when sent.
+    delivery_id = require_header(headers, scheme.id_header) if "id" in scheme.template else None
     message = render(scheme, body, timestamp=timestamp, delivery_id=delivery_id, request=request)
     keys = scheme.keys(secrets)
     if not keys:
@@ -237,7 +239,7 @@ def sign_scheme(scheme: HmacScheme, body: bytes, secret: bytes, *, timestamp: in
         seconds = time.time() if timestamp is None else timestamp
         ts = str(int(seconds * UNITS[scheme.timestamp_unit]))
     if scheme.id_header:
-        delivery_id = delivery_id or f"msg_{int(time.time() * 1000)}"
+        delivery_id = delivery_id or f"msg_{uuid.uuid4().hex}"
         headers[scheme.id_header] = delivery_id
     message = render(scheme, body, timestamp=ts, delivery_id=delivery_id, request=request or Request())
     key = scheme.keys([secret])[0]

@@ -133,8 +133,12 @@ def verify(body: bytes, headers: Headers, secrets: Sequence[bytes], *, tolerance
 
 
 def sign(body: bytes, secret: bytes, *, timestamp: int | None = None, request: Request | None = None,
-         options: Options = Options(), algorithm: str = "HMAC_SHA1") -> dict[str, str]:
-    """What Twilio sends for `body` at `request`'s URL (a GET or JSON body: the URL alone)."""
+         options: Options = Options(), delivery_id: str | None = None, algorithm: str = "HMAC_SHA1",
+         ) -> dict[str, str]:
+    """What Twilio sends for `body` at `request`'s URL (a GET or JSON body: the URL alone).
+
+    `timestamp` and `delivery_id` are part of the signer contract; Twilio signs neither.
+    """
     request = request or Request(url="https://example.com/webhooks/twilio")
     url = request.signed_url(options.public_url)
     query = dict(_pairs(request.query, "query string"))

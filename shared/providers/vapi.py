@@ -87,6 +87,14 @@ class Options:
     bearer_prefix: bool = True
     scheme: HmacScheme | None = None
 
+    @property
+    def delivery_id_header(self) -> str | None:
+        return self.scheme.id_header if self.scheme is not None else None
+
+    @property
+    def forward_headers(self) -> tuple[str, ...]:
+        return (self.delivery_id_header,) if self.delivery_id_header else ()
+
     def describe(self) -> str:
         if self.scheme is not None:
             return "vapi HMAC: " + self.scheme.describe()
@@ -154,9 +162,10 @@ def verify(body: bytes, headers: Headers, secrets: Sequence[bytes], *, tolerance
 
 
 def sign(body: bytes, secret: bytes, *, timestamp: int | None = None, request: Request | None = None,
-         options: Options = DEFAULT_OPTIONS) -> dict[str, str]:
+         options: Options = DEFAULT_OPTIONS, delivery_id: str | None = None) -> dict[str, str]:
     if options.scheme is not None:
-        return sign_scheme(options.scheme, body, secret, timestamp=timestamp, request=request)
+        return sign_scheme(options.scheme, body, secret, timestamp=timestamp, request=request,
+                           delivery_id=delivery_id)
     token = secret.decode("utf-8")
     return {options.header: f"Bearer {token}" if options.bearer_prefix else token}
 
