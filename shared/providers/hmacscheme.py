@@ -87,7 +87,7 @@ class HmacScheme:
     def keys(self, secrets: Sequence[bytes]) -> list[bytes]:
         if not self.secret_is_base64:
             return list(secrets)
-        # Validated as base64 at config load is not possible (secrets are resolved separately): a bad one never matches.
+        # The option parser never sees the resolved secrets: a secret that is not base64 is skipped, never matching.
         out = []
         for s in secrets:
             try:
