@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shared import config as config_mod
+from hooklane.shared import config as config_mod
 
 DOC = (Path(__file__).parent.parent / "docs" / "providers-twilio-vapi-hmac.md").read_text(encoding="utf-8")
 

@@ -16,10 +16,10 @@ from conftest import FIXTURES, request_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.config import ConfigError, describe
-from shared.envelope import Delivery
-from shared.providers import generic_hmac
-from shared.providers.base import OptionError, SignatureError
+from hooklane.shared.config import ConfigError, describe
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers import generic_hmac
+from hooklane.shared.providers.base import OptionError, SignatureError
 
 VECTORS = json.loads((FIXTURES / "hmac" / "vectors.json").read_text(encoding="utf-8"))
 SCHEMES = sorted({v["scheme"] for v in VECTORS})

@@ -19,11 +19,11 @@ from flask.testing import FlaskClient
 from test_ingest_http import envelope
 from twilio.request_validator import RequestValidator
 
-from ingest.app import create_app
-from shared.config import Config
-from shared.envelope import Delivery
-from shared.providers import generic_hmac, vapi
-from workers import jobs, runtime
+from hooklane.ingest.app import create_app
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers import generic_hmac, vapi
+from hooklane.workers import jobs, runtime
 
 NOW = 1_750_000_000
 TW_TOKEN = "twilio-auth-token-for-ingest-tests"

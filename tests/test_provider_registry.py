@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from conftest import FIXTURES, is_payload_file
 
-from shared.envelope import Delivery
-from shared.events import CANONICAL_TYPES
-from shared.providers import PROVIDERS
-from shared.providers.base import Provider
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import CANONICAL_TYPES
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.providers.base import Provider
 
 NAMES = sorted(PROVIDERS)
 
@@ -114,8 +114,8 @@ def test_voipbin_accepts_every_method_its_customer_profile_allows() -> None:
 
 
 def test_dev_sample_config_has_a_working_source_of_every_provider() -> None:
-    from shared import config as config_mod
-    from shared.cli import dev
+    from hooklane.operators.cli import dev
+    from hooklane.shared import config as config_mod
 
     config = config_mod.load(dev.SAMPLE_CONFIG, env=dev.DEV_ENV)
     assert {s.provider for s in config.sources.values()} == set(PROVIDERS)

@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from shared.config import ConfigError, describe
-from shared.envelope import Delivery
-from shared.providers import twilio
-from shared.providers.base import SignatureError
+from hooklane.shared.config import ConfigError, describe
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers import twilio
+from hooklane.shared.providers.base import SignatureError
 
 TOKEN = "12345678901234567890123456789012"
 PUBLIC = "https://hooks.example.com/webhooks/twilio"

@@ -15,10 +15,10 @@ from conftest import FIXTURES, request_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.config import ConfigError
-from shared.envelope import Delivery
-from shared.providers import vapi
-from shared.providers.base import SignatureError
+from hooklane.shared.config import ConfigError
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers import vapi
+from hooklane.shared.providers.base import SignatureError
 
 VECTORS = json.loads((FIXTURES / "vapi" / "vectors.json").read_text(encoding="utf-8"))
 SOURCE = '[[sources]]\nname = "vapi"\nprovider = "vapi"\nsecrets = ["env:VAPI_SECRET"]\n'

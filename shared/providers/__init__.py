@@ -8,11 +8,11 @@ the contract), its line below, and ``tests/fixtures/<name>/``;
 from __future__ import annotations
 
 # One import per line for the providers added after the seeds: parallel additions merge without conflicts.
-from shared.providers import generic_hmac as generic_hmac
-from shared.providers import twilio as twilio
-from shared.providers import vapi as vapi
-from shared.providers import voicekit, voipbin, volubile, volumereach, voxpria
-from shared.providers.base import Provider
+from hooklane.shared.providers import generic_hmac as generic_hmac
+from hooklane.shared.providers import twilio as twilio
+from hooklane.shared.providers import vapi as vapi
+from hooklane.shared.providers import voicekit, voipbin, volubile, volumereach, voxpria
+from hooklane.shared.providers.base import Provider
 
 PROVIDERS: dict[str, Provider] = {
     p.name: p

@@ -27,9 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.envelope import Delivery
-from shared.events import CANONICAL_TYPES, Call, Event
-from shared.providers.base import (
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import CANONICAL_TYPES, Call, Event
+from hooklane.shared.providers.base import (
     Clock,
     Headers,
     NormalizeError,
@@ -42,7 +42,7 @@ from shared.providers.base import (
     require_object,
     to_iso,
 )
-from shared.providers.hmacscheme import (
+from hooklane.shared.providers.hmacscheme import (
     HEADER_RE,
     SCHEME_KEYS,
     HmacScheme,

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.providers.base import (
+from hooklane.shared.providers.base import (
     Clock,
     Headers,
     OptionError,

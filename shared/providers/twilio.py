@@ -32,9 +32,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from shared.envelope import Delivery, iso_utc
-from shared.events import Call, Event
-from shared.providers.base import (
+from hooklane.shared.envelope import Delivery, iso_utc
+from hooklane.shared.events import Call, Event
+from hooklane.shared.providers.base import (
     Clock,
     Headers,
     NormalizeError,
@@ -51,7 +51,7 @@ from shared.providers.base import (
     require_object,
     to_seconds,
 )
-from shared.providers.hmacscheme import check_public_url
+from hooklane.shared.providers.hmacscheme import check_public_url
 
 NAME = "twilio"
 SIGNATURE_HEADER = "x-twilio-signature"

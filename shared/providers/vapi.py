@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.envelope import Delivery
-from shared.events import Call, Event
-from shared.providers.base import (
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import Call, Event
+from hooklane.shared.providers.base import (
     Clock,
     Headers,
     NormalizeError,
@@ -51,7 +51,7 @@ from shared.providers.base import (
     to_iso,
     to_seconds,
 )
-from shared.providers.hmacscheme import SCHEME_KEYS, HmacScheme, parse_scheme, sign_scheme, verify_scheme
+from hooklane.shared.providers.hmacscheme import SCHEME_KEYS, HmacScheme, parse_scheme, sign_scheme, verify_scheme
 
 NAME = "vapi"
 AUTH_MODES = ("bearer", "secret", "hmac")
