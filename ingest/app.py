@@ -28,7 +28,7 @@ from hooklane.shared import logs as hl_logging
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import Delivery, log_delivery_id, utc_now_iso
 from hooklane.shared.providers import PROVIDERS
-from hooklane.shared.providers.base import VerificationError
+from hooklane.shared.providers.base import Request, VerificationError
 from hooklane.shared.queueing import DeliveryEnqueuer
 from hooklane.shared.redaction import Redactor
 from hooklane.shared.redisconn import connect
@@ -38,7 +38,6 @@ log = hl_logging.get_logger("hooklane.ingest")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _JSON = "application/json"
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode  # built once, not per answer
-_WS = b" \t\r\n"
 
 
 def _answer(status: int, reason: str, **extra: Any) -> Response:
@@ -82,6 +81,12 @@ class _EnvironHeaders(Mapping[str, str]):
 def _environ_key(name: str) -> str:
     key = name.upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+
+def _request_view(req: Any) -> Request:
+    # QUERY_STRING is the raw query as latin-1 text (PEP 3333): back to bytes, then UTF-8 as signed.
+    query = req.environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8", "surrogateescape")
+    return Request(method=req.method, url=req.base_url, query=query)
 
 
 def _read_body(environ: dict[str, Any], limit: int) -> bytes:
@@ -164,18 +169,18 @@ def create_app(
         ip = client_ip(remote_addr, headers.get("x-forwarded-for"), config.ingest.trusted_proxies)
         args = request.args
         token = path_token if path_token is not None else args.get("token")
-        delivery_id = headers.get(provider.delivery_id_header) if provider.delivery_id_header else None
+        delivery_id = headers.get(src.delivery_id_header) if src.delivery_id_header else None
         hl_logging.bind(source=src.name, provider=provider.name)
         try:
-            authenticate(src, provider, body=body, headers=headers, token=token, ip=ip, now=clock)
+            authenticate(src, provider, body=body, headers=headers, token=token, ip=ip, now=clock,
+                         request=_request_view(request) if provider.takes_context else None)
         except VerificationError as exc:
             metrics.VERIFICATION_FAILURES.labels(src.name, exc.reason).inc()
             log.warning("delivery.refused", status=exc.status, reason=exc.reason, client_ip=ip,
                         bytes=len(body), delivery_id=delivery_id)
             return _answer(exc.status, exc.reason)
-        stripped = body.lstrip(_WS)
-        if not stripped or stripped[:1] != b"{":
-            reason = "empty body" if not stripped else "body must be a JSON object"
+        reason = provider.check_body(body, method)
+        if reason is not None:
             log.warning("delivery.refused", status=400, reason=reason, bytes=len(body), delivery_id=delivery_id)
             return _answer(400, reason)
 
@@ -188,7 +193,7 @@ def create_app(
             method=method,
             path=f"/webhooks/{src.name}" + ("/***" if path_token is not None else ""),
             query={k: v for k, v in args.items() if k != "token"} if args else {},
-            headers={k: v for k in (*provider.forward_headers, "content-type", "user-agent")
+            headers={k: v for k in (*src.forward_headers, "content-type", "user-agent")
                      if (v := headers.get(k)) is not None},
             remote_addr=remote_addr,
             client_ip=ip,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 
 from hooklane.shared.config import SourceConfig
-from hooklane.shared.providers.base import Clock, IPNotAllowed, Provider, SignatureError
+from hooklane.shared.providers.base import Clock, IPNotAllowed, Provider, Request, SignatureError
 
 
 def client_ip(remote_addr: str, forwarded_for: str | None, trusted_proxies: int) -> str:
@@ -69,15 +69,21 @@ def authenticate(
     token: str | None,
     ip: str,
     now: Clock = time.time,
+    request: Request | None = None,
 ) -> None:
-    """Raise VerificationError (401/403) unless the request may deliver to `source`."""
+    """Raise VerificationError (401/403) unless the request may deliver to `source`.
+
+    `request` (method, URL, raw query) matters only to providers whose signature covers it (twilio).
+    """
     check_ip(source, ip)
     check_token(source, token)
     if source.secrets and provider.verify is not None:
-        provider.verify(
+        provider.verify_request(
             body,
             headers,
             [s.reveal() for s in source.secrets],
             tolerance=source.tolerance_seconds,
             now=now,
+            request=request or Request(),
+            options=source.options,
         )

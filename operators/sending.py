@@ -17,14 +17,16 @@ from urllib.parse import quote
 
 from hooklane.shared.config import SourceConfig
 from hooklane.shared.providers import PROVIDERS
-from hooklane.shared.providers.base import Provider
+from hooklane.shared.providers.base import OptionError, Provider, Request
 
 USER_AGENT = "hooklane-send/0.1"
 
 # Keys that carry an event's identity in the providers' payloads (PRODUCT.md, "natural
 # identity"): at the top level (volubile's call object) or under "data" / "call" (the others).
 # Changing them per message is what makes two sends two distinct events.
-IDENTITY_KEYS = ("id", "call_id", "callId", "campaignId")
+IDENTITY_KEYS = ("id", "call_id", "callId", "campaignId", "CallSid", "RecordingSid")
+# Objects below the top level that hold identity keys: "data" (most), vapi's "message" and its "call".
+IDENTITY_PATHS = (("data",), ("call",), ("message",), ("message", "call"))  # ("call",): retell
 
 # uuid5 namespace, so a varied UUID stays a well-formed UUID and is reproducible from (run, seq).
 _NAMESPACE = uuid.UUID("6f1c1c4e-5d8e-4c33-9d0e-2f6a1f0e7b42")
@@ -76,8 +78,10 @@ def sample_payload(provider: str | Provider, event_type: str, *, seq: int, run: 
     p = get_provider(provider)
     payload = p.samples()[pick_event_type(p, event_type, seq)]
     _vary_ids(payload, seq=seq, run=run)
-    for key in ("data", "call"):  # retell nests its call object under "call"
-        inner = payload.get(key)
+    for path in IDENTITY_PATHS:
+        inner: Any = payload
+        for key in path:
+            inner = inner.get(key) if isinstance(inner, dict) else None
         if isinstance(inner, dict):
             _vary_ids(inner, seq=seq, run=run)
     return payload
@@ -104,19 +108,47 @@ def wire_headers(
     secret: bytes | None,
     delivery_id: str | None = None,
     timestamp: int | None = None,
+    url: str = "",
+    options: Any = None,
 ) -> dict[str, str]:
-    """The request headers for exactly `body`: content type, signature (when there is a secret), delivery id."""
+    """The request headers for exactly `body`: content type, signature (when there is a secret), delivery id.
+
+    `url` (the full URL the request goes to) and `options` (the source's) matter to providers that
+    sign more than the body (twilio signs the URL; a vapi or hmac source has its own scheme).
+    """
     p = get_provider(provider)
-    headers = {"Content-Type": "application/json", "User-Agent": f"{USER_AGENT} ({p.name})"}
-    if p.delivery_id_header and delivery_id:
-        headers[p.delivery_id_header] = delivery_id
+    headers = {"Content-Type": p.content_type, "User-Agent": f"{USER_AGENT} ({p.name})"}
+    id_header = delivery_id_header(p, options)
+    if id_header and delivery_id:
+        headers[id_header] = delivery_id
     if secret is not None and p.sign is not None:
-        extra = {"delivery_id": delivery_id} if p.signs_delivery_id else {}
         try:
-            headers.update(p.sign(body, secret, timestamp=timestamp, **extra))
-        except ValueError as exc:  # a secret that cannot sign, e.g. a public key
+            if p.takes_context:
+                base, _, query = url.partition("?")
+                # A scheme that signs its id header gets the id to sign (or makes one up).
+                headers.update(p.sign(body, secret, timestamp=timestamp, request=Request(url=base, query=query),
+                                      options=_options(p, options), delivery_id=delivery_id))
+            else:
+                extra = {"delivery_id": delivery_id} if p.signs_delivery_id else {}
+                headers.update(p.sign(body, secret, timestamp=timestamp, **extra))
+        except ValueError as exc:  # a secret that cannot sign, e.g. a Telnyx public key
             raise SendError(str(exc)) from None
     return headers
+
+
+def delivery_id_header(provider: str | Provider, options: Any = None) -> str | None:
+    """The header a source of `provider` with these options takes its delivery id from."""
+    return get_provider(provider).source_headers(options)[0]
+
+
+def _options(p: Provider, options: Any) -> Any:
+    if options is not None:
+        return options
+    try:
+        return p.default_options()
+    except OptionError as exc:
+        raise SendError(f"{p.name} signs as its source says ({exc}): pick a configured source "
+                        "(--source / --config)") from None
 
 
 def token_suffix(token: str | None, *, in_path: bool = False) -> str:
@@ -141,6 +173,8 @@ def build_delivery(
     timestamp: int | None = None,
     delivery_id: str | None = None,
     token_in_path: bool = False,
+    url: str = "",
+    options: Any = None,
 ) -> WireDelivery:
     """One signed delivery of `provider` for `source_config`.
 
@@ -148,22 +182,28 @@ def build_delivery(
     file), `payload` serialised once, or the provider's sample of `event_type`
     (the sample types in turn when None) with ids unique to (`run`, `seq`).
     Secret and token come from `source_config` unless passed explicitly;
-    `timestamp` signs as of another time (stale-delivery tests).
+    `timestamp` signs as of another time (stale-delivery tests). `url` is where the
+    request goes (before the token suffix): twilio signs it; `options` default to
+    `source_config`'s.
     """
     p = get_provider(provider)
     if body is None:
         if payload is None:
             event_type = pick_event_type(p, event_type, seq)
             payload = sample_payload(p, event_type, seq=seq, run=run)
-        body = encode(payload)
+        body = encode(payload) if p.encode is None else p.encode(payload)
     if secret is None:
         secret = signing_secret(source_config)
     if token is None:
         token = url_token(source_config)
-    if delivery_id is None and p.delivery_id_header:
+    if options is None and source_config is not None:
+        options = source_config.options
+    if delivery_id is None and delivery_id_header(p, options):
         delivery_id = f"dlv_{run}{'_' if run else ''}{seq}_{uuid.uuid4().hex[:8]}"
-    headers = wire_headers(p, body, secret=secret, delivery_id=delivery_id, timestamp=timestamp)
-    return WireDelivery(headers=headers, body=body, url_suffix=token_suffix(token, in_path=token_in_path))
+    suffix = token_suffix(token, in_path=token_in_path)
+    headers = wire_headers(p, body, secret=secret, delivery_id=delivery_id, timestamp=timestamp,
+                           url=with_suffix(url, suffix) if url else "", options=options)
+    return WireDelivery(headers=headers, body=body, url_suffix=suffix)
 
 
 def with_suffix(url: str, suffix: str) -> str:

@@ -123,6 +123,11 @@ class SourceConfig:
     tolerance_seconds: int = 300
     insecure: bool = False
     methods: tuple[str, ...] = ()  # empty = every method the provider may use
+    # The provider's own settings (its `option_keys`), parsed by its `options`; None for providers without.
+    options: Any = None
+    # Filled at load from the provider and its options: the delivery id header, the headers kept for the workers.
+    delivery_id_header: str | None = None
+    forward_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -309,15 +314,26 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     )
 
 
+SOURCE_KEYS = ("name", "provider", "secrets", "token", "allow_ips", "tolerance_seconds", "insecure", "methods")
+
+
 def _source(s: _Reader) -> SourceConfig:
     from hooklane.shared.providers import PROVIDERS  # the registry; imported late to keep config importable alone
+    from hooklane.shared.providers.base import OptionError
 
-    s.only("name", "provider", "secrets", "token", "allow_ips", "tolerance_seconds", "insecure", "methods")
     name = s.name("name", None)
     provider_name = s.str("provider", None)
     if provider_name not in PROVIDERS:
         raise ConfigError(f"{s.key('provider')}: unknown provider {provider_name!r} (known: {', '.join(PROVIDERS)})")
     provider = PROVIDERS[provider_name]
+    s.only(*SOURCE_KEYS, *provider.option_keys)
+    options = None
+    if provider.options is not None:
+        try:
+            options = provider.options(s.data)
+        except OptionError as exc:
+            raise ConfigError(f"{s.key(exc.key)}: {exc.message}") from None
+    delivery_id_header, forward_headers = provider.source_headers(options)
     secrets = tuple(s.secret_list("secrets"))
     tokens = tuple(s.secret_list("token"))
     allow_ips = []
@@ -358,6 +374,9 @@ def _source(s: _Reader) -> SourceConfig:
         tolerance_seconds=s.int("tolerance_seconds", 300, minimum=1),
         insecure=insecure,
         methods=methods,
+        options=options,
+        delivery_id_header=delivery_id_header,
+        forward_headers=forward_headers,
     )
 
 
@@ -555,6 +574,8 @@ def describe(config: Config) -> str:
             auth.append(f"IPs {', '.join(str(n) for n in s.allow_ips)}")
         if s.insecure:
             auth.append("INSECURE: no authentication")
+        if s.options is not None and hasattr(s.options, "describe"):
+            auth.append(s.options.describe())  # the provider's own settings (twilio's URL, an HMAC scheme)
         lines.append(f"  /webhooks/{s.name}  provider={s.provider}  auth: {'; '.join(auth)}")
     lines.append(f"handlers ({len(config.handlers)}):")
     for h in config.handlers.values():

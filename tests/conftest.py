@@ -32,6 +32,7 @@ from hooklane.shared import config as cfg_mod
 from hooklane.shared import deadletters
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import iso_utc
+from hooklane.shared.providers.base import Request
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -220,6 +221,18 @@ def make_config() -> Callable[..., Config]:
 @pytest.fixture
 def config(make_config: Callable[..., Config]) -> Config:
     return make_config()
+
+
+def is_payload_file(path: Path) -> bool:
+    """A provider payload fixture (``<type>[--<variant>].<json|form>``), not an expected event or the vectors."""
+    return path.suffix in (".json", ".form") and not path.name.endswith(".expected.json") \
+        and path.name != "vectors.json"
+
+
+def request_of(url: str, method: str = "POST") -> Request:
+    """The request view ingest builds for `url` (the query string kept raw, as received)."""
+    base, _, query = url.partition("?")
+    return Request(method=method, url=base, query=query)
 
 
 def load_fixture(provider: str, name: str) -> Any:

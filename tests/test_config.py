@@ -249,8 +249,8 @@ def test_config_errors_never_contain_a_secret_value() -> None:
 
 
 def test_unknown_provider_names_key_and_lists_the_known_ones() -> None:
-    msg = refused("[[sources]]\nname = 'x'\nprovider = 'twilio'\ninsecure = true\n")
-    assert msg.startswith("sources[0].provider: unknown provider 'twilio'")
+    msg = refused("[[sources]]\nname = 'x'\nprovider = 'twillio'\ninsecure = true\n")
+    assert msg.startswith("sources[0].provider: unknown provider 'twillio'")
     assert "volumereach" in msg and "voipbin" in msg
 
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, is_payload_file
 
 from hooklane.shared.envelope import Delivery
 from hooklane.shared.events import CANONICAL_TYPES
@@ -17,9 +17,8 @@ NAMES = sorted(PROVIDERS)
 
 
 def stems(provider: str) -> set[str]:
-    """Payload fixture names without .json: "<provider_type>" or "<provider_type>--<variant>"."""
-    return {p.name[:-len(".json")] for p in (FIXTURES / provider).glob("*.json")
-            if not p.name.endswith(".expected.json") and p.name != "vectors.json"}
+    """Payload fixture names without .json / .form: "<provider_type>" or "<provider_type>--<variant>"."""
+    return {p.name[:-len(p.suffix)] for p in (FIXTURES / provider).glob("*.*") if is_payload_file(p)}
 
 
 def sample_events(provider: str) -> list[tuple[str, Any]]:
@@ -29,7 +28,7 @@ def sample_events(provider: str) -> list[tuple[str, Any]]:
         body = json.dumps(payload).encode()
         d = Delivery(id="0" * 32, source=provider, provider=provider, received_at="2026-01-01T00:00:00.000000Z",
                      body=body)
-        out.append((provider_type, prov.normalize(json.loads(body), d)))
+        out.append((provider_type, prov.normalize_payload(json.loads(body), d)))
     return out
 
 
@@ -112,3 +111,11 @@ def test_methods_and_headers_are_well_formed(name: str) -> None:
 
 def test_voipbin_accepts_every_method_its_customer_profile_allows() -> None:
     assert set(PROVIDERS["voipbin"].methods) == {"POST", "PUT", "GET", "DELETE"}
+
+
+def test_dev_sample_config_has_a_working_source_of_every_provider() -> None:
+    from hooklane.operators.cli import dev
+    from hooklane.shared import config as config_mod
+
+    config = config_mod.load(dev.SAMPLE_CONFIG, env=dev.DEV_ENV)
+    assert {s.provider for s in config.sources.values()} == set(PROVIDERS)

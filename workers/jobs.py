@@ -36,6 +36,7 @@ from hooklane.shared.config import HandlerConfig
 from hooklane.shared.envelope import Delivery, EnvelopeError, log_delivery_id, utc_now_iso
 from hooklane.shared.events import Event
 from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.providers.base import Provider
 from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
 from hooklane.workers import job_metrics as metrics
 from hooklane.workers import runtime
@@ -66,9 +67,10 @@ def normalize(delivery: Delivery) -> Event:
     provider = PROVIDERS.get(delivery.provider)
     if provider is None:
         raise NormalizeFailed(f"unknown provider {delivery.provider!r}")
-    payload = _parse_body(delivery.body)
+    # A wire format of the provider's own (twilio's forms), else JSON, refused here if no event could carry it.
+    payload = _provider_parse(provider, delivery) if provider.parse is not None else _parse_body(delivery.body)
     try:
-        event = provider.normalize(payload, delivery)
+        event = provider.normalize_payload(payload, delivery, _source_options(provider, delivery))
     except Exception as exc:  # noqa: BLE001 - any normalizer failure is permanent for this body; replay after a fix
         raise NormalizeFailed(f"{delivery.provider} normalizer: {type(exc).__name__}: {exc}") from exc
     try:
@@ -79,6 +81,13 @@ def normalize(delivery: Delivery) -> Event:
     if id_bytes > MAX_ID_BYTES:
         raise NormalizeFailed(f"event id is {id_bytes} bytes long, more than {MAX_ID_BYTES}")
     return event
+
+
+def _provider_parse(provider: Provider, delivery: Delivery) -> Any:
+    try:
+        return provider.parse(delivery)  # type: ignore[misc]
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise NormalizeFailed(f"{delivery.provider} body cannot be read: {exc}") from exc
 
 
 def _parse_body(body: bytes) -> Any:
@@ -99,6 +108,14 @@ def _parse_body(body: bytes) -> Any:
 
 class _NotPortable(ValueError):
     """Parses in Python, but the event built from it could not be written as JSON again."""
+
+
+def _source_options(provider: Provider, delivery: Delivery) -> Any:
+    # Only providers with per-source settings look the source up (a removed source: the defaults).
+    if not provider.takes_context:
+        return None
+    source = runtime.get().config.sources.get(delivery.source)
+    return source.options if source is not None and source.provider == provider.name else None
 
 
 def _refuse_constant(name: str) -> float:

@@ -56,6 +56,9 @@ DEV_ENV = {
                                "-----END PRIVATE KEY-----",
     "HOOKLANE_DEV_STANDARDWEBHOOKS_SECRET": "whsec_ZGV2LXN0YW5kYXJkd2ViaG9va3Mtc2VjcmV0IQ==",
     "HOOKLANE_ADMIN_TOKEN": "dev-admin-token-only-for-127.0.0.1",
+    "HOOKLANE_DEV_TWILIO_TOKEN": "dev-twilio-auth-token",
+    "HOOKLANE_DEV_VAPI_SECRET": "dev-vapi-hmac-secret",
+    "HOOKLANE_DEV_HMAC_SECRET": "dev-hmac-secret",
 }
 
 # Runs the hooklane CLI in a child without depending on the console script being on PATH.

@@ -53,6 +53,7 @@ class Credentials:
     secret: bytes | None
     token: str | None
     origin: str  # where they came from, for the summary; never the values
+    options: Any = None  # the source's provider settings (how a twilio / vapi / hmac source signs)
 
 
 @dataclass
@@ -86,8 +87,9 @@ def send(args: argparse.Namespace) -> int:
         if args.event is not None:
             sending.pick_event_type(provider, args.event, 0)
         creds = resolve_credentials(args)
-        # A secret that cannot sign (a source's Telnyx public key) fails here once, not in every thread.
-        sending.build_delivery(provider, None, args.event, secret=creds.secret, token=creds.token)
+        # Built once up front: a delivery that cannot be signed is a usage error, not a thread's crash.
+        sending.build_delivery(provider, None, args.event, secret=creds.secret, token=creds.token,
+                               url=args.url, options=creds.options)
     except (sending.SendError, ConfigError) as exc:
         print(f"hooklane send: {exc}", file=sys.stderr)
         return 2
@@ -120,16 +122,19 @@ def run(args: argparse.Namespace, creds: Credentials) -> dict[str, Any]:
                 body, delivery_id = rng.choice(history)
                 # A redelivery: the same bytes, signed afresh (a provider's retry carries a new timestamp).
                 wire = sending.build_delivery(provider, None, body=body, secret=creds.secret, token=creds.token,
-                                              delivery_id=delivery_id, token_in_path=args.token_in_path)
+                                              delivery_id=delivery_id, token_in_path=args.token_in_path,
+                                              url=args.url, options=creds.options)
                 return wire, True
             seq = next_seq[0]
             next_seq[0] += 1
         wire = sending.build_delivery(provider, None, args.event, seq=seq, run=run_id, secret=creds.secret,
-                                      token=creds.token, token_in_path=args.token_in_path)
+                                      token=creds.token, token_in_path=args.token_in_path, url=args.url,
+                                      options=creds.options)
         return wire, False
 
     def remember(wire: sending.WireDelivery) -> None:
-        delivery_id = wire.headers.get(provider.delivery_id_header) if provider.delivery_id_header else None
+        id_header = sending.delivery_id_header(provider, creds.options)
+        delivery_id = wire.headers.get(id_header) if id_header else None
         with state_lock:
             history.append((wire.body, delivery_id))
             if len(history) > HISTORY:
@@ -227,6 +232,7 @@ def resolve_credentials(args: argparse.Namespace, env: Mapping[str, str] | None 
     secret: bytes | None = None
     token: str | None = args.token
     origin: list[str] = []
+    options = None
     if args.secret_env:
         value = env.get(args.secret_env)
         if not value:
@@ -238,6 +244,7 @@ def resolve_credentials(args: argparse.Namespace, env: Mapping[str, str] | None 
     if args.source or (provider.signs and secret is None) or (not provider.signs and token is None):
         config, where = _load_config(args, env)
         source = pick_source(config, args.provider, args.source, args.url)
+        options = source.options
         if secret is None and provider.signs:
             secret = sending.signing_secret(source)
             if secret is not None:
@@ -250,7 +257,7 @@ def resolve_credentials(args: argparse.Namespace, env: Mapping[str, str] | None 
         origin.append("token from --token")
     if provider.signs and secret is None:
         origin.append("no signature (the source has no secrets)")
-    return Credentials(secret=secret, token=token, origin="; ".join(origin) or "no credentials")
+    return Credentials(secret=secret, token=token, origin="; ".join(origin) or "no credentials", options=options)
 
 
 def _load_config(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, str]:

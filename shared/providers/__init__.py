@@ -8,9 +8,12 @@ the contract), its line below, and ``tests/fixtures/<name>/``;
 from __future__ import annotations
 
 from hooklane.shared.providers import (
+    generic_hmac,
     retell,
     standardwebhooks,
     telnyx,
+    twilio,
+    vapi,
     voicekit,
     voipbin,
     volubile,
@@ -30,5 +33,8 @@ PROVIDERS: dict[str, Provider] = {
         retell.PROVIDER,
         telnyx.PROVIDER,
         standardwebhooks.PROVIDER,
+        twilio.PROVIDER,
+        vapi.PROVIDER,
+        generic_hmac.PROVIDER,
     )
 }

@@ -18,6 +18,18 @@ A provider module (``shared/providers/<name>.py``) defines:
   config load fails naming it instead of every delivery failing with a 401.
 
 and registers them as one `Provider` in ``shared/providers/__init__.py``.
+
+Providers whose signature covers more than body and headers (twilio signs the
+URL and the form parameters), or that need per-source settings (vapi's auth
+mode, the generic ``hmac`` scheme), set ``takes_context=True``: their
+``verify`` then also receives ``request=`` (a frozen `Request`) and
+``options=`` (what their ``options`` parser made of the source's own keys,
+``option_keys``), and ``normalize`` receives ``options=``. Options may name headers
+of their own (``delivery_id_header``, ``forward_headers``: a generic source's id and
+type headers); ingest keeps them in the envelope as it does the provider's. Every
+other provider keeps the plain signatures above. A provider whose wire format
+is not a JSON object names its own ``check_body`` (ingest, 400 reason) and
+``parse`` (worker, raw delivery -> payload).
 """
 
 from __future__ import annotations
@@ -61,11 +73,51 @@ class NormalizeError(ValueError):
     """The payload cannot be read as this provider's event (permanent: dead-lettered, replayable)."""
 
 
+class OptionError(ValueError):
+    """A provider-specific source setting cannot work; `key` is the [[sources]] key to blame."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Request:
+    """The parts of the HTTP request a contextual verifier may sign over, besides body and headers.
+
+    `url` is scheme://host[:port]/path as ingest saw it (no query); `query` the raw query
+    string, byte-exact as received (percent-escapes and order kept: signatures cover it).
+    """
+
+    method: str = "POST"
+    url: str = ""
+    query: str = ""
+
+    def signed_url(self, public_url: str | None) -> str:
+        """The URL the sender was given: `public_url` (behind a proxy) or the one seen, plus the query as sent."""
+        base = public_url or self.url
+        return f"{base}?{self.query}" if self.query else base
+
+
+_WS = b" \t\r\n"
+
+
+def json_object_body(body: bytes, method: str) -> str | None:
+    """Ingest's body check for JSON providers: None when acceptable, else the 400 reason."""
+    stripped = body.lstrip(_WS)
+    if not stripped:
+        return "empty body"
+    if stripped[:1] != b"{":
+        return "body must be a JSON object"
+    return None
+
+
 @dataclass(frozen=True)
 class Provider:
     name: str
     event_types: Mapping[str, str]
-    normalize: Callable[[Any, Delivery], Event]
+    normalize: Callable[..., Event]
     samples: Callable[[], dict[str, dict[str, Any]]]
     # None for providers that do not sign: their sources authenticate by URL token and/or IP.
     verify: Callable[..., None] | None = None
@@ -79,10 +131,48 @@ class Provider:
     signs_delivery_id: bool = False
     # Raises ValueError (a reason, never the value) for a configured secret that can never verify.
     check_secret: Callable[[bytes], None] | None = None
+    # Extra [[sources]] keys this provider reads, and the parser that turns a source's table into
+    # its typed, frozen options (raising OptionError naming the key); see the module docstring.
+    option_keys: tuple[str, ...] = ()
+    options: Callable[[Mapping[str, Any]], Any] | None = None
+    takes_context: bool = False
+    # Ingest's body check (None = acceptable, else the 400 reason) and the worker's body reader
+    # (None = the worker's JSON parse).
+    check_body: Callable[[bytes, str], str | None] = json_object_body
+    parse: Callable[[Delivery], Any] | None = None
+    # How `hooklane send` puts a sample payload on the wire (None: compact JSON).
+    encode: Callable[[Mapping[str, Any]], bytes] | None = None
+    content_type: str = "application/json"
 
     @property
     def signs(self) -> bool:
         return self.verify is not None
+
+    def verify_request(self, body: bytes, headers: Headers, secrets: Sequence[bytes], *, tolerance: int,
+                       now: Clock, request: Request, options: Any) -> None:
+        """Call `verify` with the context it takes (the plain contract for providers that take none)."""
+        if self.verify is None:
+            return
+        if self.takes_context:
+            self.verify(body, headers, secrets, tolerance=tolerance, now=now, request=request,
+                        options=self.default_options() if options is None else options)
+        else:
+            self.verify(body, headers, secrets, tolerance=tolerance, now=now)
+
+    def normalize_payload(self, payload: Any, delivery: Delivery, options: Any = None) -> Event:
+        if self.takes_context:
+            return self.normalize(payload, delivery, options=options)  # None: the provider's defaults
+        return self.normalize(payload, delivery)
+
+    def source_headers(self, options: Any) -> tuple[str | None, tuple[str, ...]]:
+        """(delivery id header, headers kept for the workers) of a source with these options."""
+        id_header = getattr(options, "delivery_id_header", None) or self.delivery_id_header
+        forward = (*self.forward_headers, *getattr(options, "forward_headers", ()))
+        return id_header, tuple(dict.fromkeys(forward))
+
+    def default_options(self) -> Any:
+        """The options of a source that sets none of this provider's keys (OptionError if some are required)."""
+        return self.options({}) if self.options is not None else None
 
 
 # --------------------------------------------------------------------------- signatures
@@ -112,6 +202,16 @@ def parse_hex_digest(value: str, prefix: str = "") -> str:
     except ValueError:
         raise SignatureError("signature is not hex") from None
     return value.lower()
+
+
+def decode_base64(value: str) -> bytes:
+    """A base64 signature header's bytes, or SignatureError: strict, a stray character is an error, never dropped."""
+    if not value.isascii():
+        raise SignatureError("signature is not base64")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError("signature is not base64") from None
 
 
 def check_digest(provided_hex: str, message: bytes, secrets: Sequence[bytes]) -> None:

@@ -39,6 +39,9 @@ E2E_ENV = {
     "E2E_TELNYX_KEY": "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIDM0NTY3ODk6Ozw9Pj9AQUJDREVGR0hJSktMTU5PUFFS\n"
                       "-----END PRIVATE KEY-----\n",
     "E2E_SW_SECRET": "whsec_ZTJlLXN0YW5kYXJkLXdlYmhvb2tzLXNlY3JldA==",
+    "E2E_TWILIO_TOKEN": "e2e-twilio-auth-token",
+    "E2E_VAPI_SECRET": "e2e-vapi-hmac-secret",
+    "E2E_HMAC_SECRET": "e2e-hmac-secret",
 }
 
 SINK_MAX_ATTEMPTS = 3
@@ -95,6 +98,28 @@ secrets = ["env:E2E_TELNYX_KEY"]
 name = "standardwebhooks"
 provider = "standardwebhooks"
 secrets = ["env:E2E_SW_SECRET"]
+# Twilio signs the URL it calls: here the one ingest sees, so no public_url.
+[[sources]]
+name = "twilio"
+provider = "twilio"
+secrets = ["env:E2E_TWILIO_TOKEN"]
+
+[[sources]]
+name = "vapi"
+provider = "vapi"
+secrets = ["env:E2E_VAPI_SECRET"]
+auth = "hmac"
+
+# Stripe's scheme as configuration: Stripe-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of "<t>.<body>">.
+[[sources]]
+name = "hmac"
+provider = "hmac"
+secrets = ["env:E2E_HMAC_SECRET"]
+signature_header = "Stripe-Signature"
+signature_key = "v1"
+timestamp_header = "Stripe-Signature"
+timestamp_key = "t"
+template = "{{timestamp}}.{{body}}"
 
 # Right token, wrong network: every request from this test machine is 403.
 [[sources]]
@@ -242,7 +267,7 @@ class Pipeline:
     def build(self, source: str, event_type: str | None = None, *, seq: int, run: str,
               **kw: Any) -> sending.WireDelivery:
         src = self.config.sources[source]
-        return sending.build_delivery(src.provider, src, event_type, seq=seq, run=run, **kw)
+        return sending.build_delivery(src.provider, src, event_type, seq=seq, run=run, url=self.url(source), **kw)
 
     def hooklane(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
                  ) -> subprocess.CompletedProcess[str]:

@@ -49,7 +49,15 @@ def predicted(source: str, wire: sending.WireDelivery, received_at: str = "2026-
     provider = PROVIDERS[source_provider(source)]
     delivery = Delivery(id="e2e", source=source, provider=provider.name, received_at=received_at, body=wire.body,
                         delivery_id=delivery_id)
-    return provider.normalize(json.loads(wire.body), delivery).to_dict()
+    return provider.normalize_payload(payload_of(source, wire), delivery).to_dict()
+
+
+def payload_of(source: str, wire: sending.WireDelivery) -> Any:
+    """The payload as the worker reads the sent bytes (twilio's forms, everyone else's JSON)."""
+    provider = PROVIDERS[source_provider(source)]
+    if provider.parse is None:
+        return json.loads(wire.body)
+    return provider.parse(Delivery(id="e2e", source=source, provider=provider.name, received_at="", body=wire.body))
 
 
 def source_provider(source: str) -> str:
@@ -82,7 +90,9 @@ def test_fixture_payloads_reach_the_sink_as_their_expected_canonical_events(pipe
     assert cases, f"no fixtures for {provider}"
     sent: dict[str, tuple[dict[str, Any], sending.WireDelivery]] = {}
     for expected_path in cases:
-        body = expected_path.with_name(expected_path.name.replace(".expected.json", ".json")).read_bytes()
+        stem = expected_path.name[:-len(".expected.json")]
+        [payload_path] = [p for ext in (".json", ".form") if (p := expected_path.with_name(stem + ext)).exists()]
+        body = payload_path.read_bytes()
         expected = json.loads(expected_path.read_text(encoding="utf-8"))
         wire = pipeline.build(provider, seq=0, run="", body=body)
         assert_accepted(pipeline.deliver(provider, wire))
@@ -121,7 +131,7 @@ def test_every_sample_event_type_arrives_normalized(pipeline: Pipeline, provider
         event_type, wire = sent[req.key]
         event = req.event
         assert (event["source"], event["provider"], event["provider_type"]) == (provider, provider, event_type)
-        assert event["raw"] == json.loads(wire.body)
+        assert event["raw"] == payload_of(provider, wire)
         assert event == predicted(provider, wire, event["received_at"], sent_delivery_id(provider, wire))
 
 
@@ -216,6 +226,14 @@ REFUSED = [
     ("voicekit", _no_token, 401),
     ("voicekit", _wrong_token, 401),
     ("voicekit-office", _right_token, 403),  # right token, address outside allow_ips
+    ("twilio", _forged, 401),
+    ("twilio", _unsigned, 401),
+    ("vapi", _forged, 401),
+    ("vapi", _stale, 401),
+    ("vapi", _unsigned, 401),
+    ("hmac", _forged, 401),
+    ("hmac", _stale, 401),
+    ("hmac", _unsigned, 401),
 ]
 
 
@@ -237,7 +255,7 @@ def test_forged_stale_and_unauthenticated_deliveries_are_refused_and_never_deliv
     pipeline.wait_idle()
     refused_id = event_id(source, wire)
     assert pipeline.sink.attempts({refused_id}) == []
-    assert all(r.event["raw"] != json.loads(wire.body) for r in pipeline.sink.snapshot())
+    assert all(r.event["raw"] != payload_of(source, wire) for r in pipeline.sink.snapshot())
 
 
 # --------------------------------------------------------------------------- hooklane send
@@ -263,6 +281,25 @@ def test_hooklane_send_with_redeliveries_delivers_each_distinct_event_once(pipel
     pipeline.wait_idle()
     keys = [r.key for r in mine()]
     assert len(keys) == len(set(keys)) == summary["distinct_events"]
+
+
+@pytest.mark.parametrize("provider", ["twilio", "vapi", "hmac"])
+def test_hooklane_send_signs_with_the_sources_url_and_scheme(pipeline: Pipeline, provider: str) -> None:
+    # Twilio signs the URL sent to, vapi and hmac the scheme of their source in the config: all must pass ingest.
+    count = len(sending.event_types(provider))
+    result = pipeline.hooklane("send", provider, "--url", pipeline.url(provider), "--count", str(count),
+                               "--duplicate-rate", "0.2", "--seed", "3", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["by_status"] == {"200": count}
+
+
+def test_hooklane_send_hmac_without_its_source_is_a_usage_error(pipeline: Pipeline, tmp_path: Path) -> None:
+    env = {**pipeline.env, "SOME_SECRET": "x"}
+    env.pop("HOOKLANE_CONFIG", None)
+    result = subprocess.run([*HOOKLANE, "send", "hmac", "--url", pipeline.url("hmac"), "--secret-env", "SOME_SECRET"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "signature_header: required" in result.stderr and "--source" in result.stderr
 
 
 def test_hooklane_send_takes_the_token_from_the_config_and_exits_1_on_a_refusal(pipeline: Pipeline) -> None:
@@ -332,7 +369,7 @@ def test_sink_outage_dead_letters_then_replay_delivers_every_event_exactly_once(
     for req in delivered:
         source, wire = sent[req.key]
         assert req.event["id"] == req.key
-        assert req.event["raw"] == json.loads(wire.body)
+        assert req.event["raw"] == payload_of(source, wire)
 
 
 # --------------------------------------------------------------------------- hooklane dev
