@@ -29,6 +29,7 @@ import errno
 import json
 import os
 import re
+import resource
 import selectors
 import socket
 import time
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gunicorn.http.body import ChunkedReader, LengthReader
-from gunicorn.http.errors import NoMoreData
+from gunicorn.http.errors import NoMoreData, ParseException
 from gunicorn.http.message import Request
 from gunicorn.http.unreader import Unreader
 from gunicorn.workers.sync import SyncWorker
@@ -156,7 +157,11 @@ class BufferingWorker(SyncWorker):
         # Past this, a head is refused by gunicorn's parser: hand it over to be refused.
         self.max_head = (self.cfg.limit_request_line + 4
                          + max(self.cfg.limit_request_fields, 1) * (self.cfg.limit_request_field_size + 2))
-        self.max_conns = max(1, self.cfg.worker_connections)
+        # Each connection is a file descriptor: stay clear of the process's limit, or accept() would fail.
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if fd_limit == resource.RLIM_INFINITY:
+            fd_limit = self.cfg.worker_connections + 64
+        self.max_conns = max(1, min(self.cfg.worker_connections, fd_limit - 64))
         self.selector = selectors.DefaultSelector()
         # By accept time, so by deadline: the first entry is always the next to expire.
         self.waiting: dict[int, _Conn] = {}
@@ -256,7 +261,7 @@ class BufferingWorker(SyncWorker):
             return
         try:
             ready = self._ready(conn) or eof
-        except Exception as exc:  # a head gunicorn refuses: answer it as sync would  # noqa: BLE001
+        except ParseException as exc:  # a head gunicorn refuses: answered as sync would (400, 414, 431, ...)
             self._forget(conn)
             self._respond(conn, error=exc)
             return
@@ -334,8 +339,7 @@ class BufferingWorker(SyncWorker):
 
     def _time_out(self, conn: _Conn) -> None:
         self._forget(conn)
-        received = len(conn.buf) + (1 if conn.req is not None else 0)
-        if received:
+        if conn.req is not None or conn.buf:  # a connection that sent nothing is closed without a word
             hl_logging.clear()  # no line of this connection may carry an earlier request's ids
             log.warning("request.timeout", status=408, head_received=conn.req is not None,
                         body_bytes=len(conn.buf) if conn.req is not None else 0,
