@@ -53,6 +53,7 @@ _RECV = 65536
 _LINGER_SECONDS = 2.0
 _LINGER_MAX_BYTES = 65536
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
+_MAX_TRAILERS = 8190 * 32  # gunicorn's bound on a trailer section
 # A chunked body's size lines and trailers cost bytes beyond the data they frame; past this many
 # bytes per allowed body byte (plus a head's worth), the body is handed over to be refused.
 _CHUNKED_OVERHEAD = 4
@@ -77,13 +78,14 @@ class _ChunkedEnd:
     reads it. Anything this cannot follow counts as ready, so that the reader reports it.
     """
 
-    __slots__ = ("decoded", "limit", "pos", "in_trailers", "found")
+    __slots__ = ("decoded", "limit", "pos", "in_trailers", "scanned", "found")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.pos = 0  # start of the next size line (or of the trailers)
         self.decoded = 0
         self.in_trailers = False
+        self.scanned = 0  # trailer bytes already searched for their end
         self.found = False  # the whole body is buffered
 
     def ready(self, buf: bytearray) -> bool:
@@ -111,13 +113,15 @@ class _ChunkedEnd:
         # Trailers: none ("\r\n" right away) or header lines up to a blank line.
         if len(buf) - self.pos < 2:
             return False
-        self.found = buf[self.pos:self.pos + 2] == b"\r\n" or buf.find(b"\r\n\r\n", self.pos) >= 0
-        return self.found
+        start = max(self.pos, self.scanned - 3)  # each byte searched once, however slowly the trailers come
+        self.scanned = len(buf)
+        self.found = buf[self.pos:self.pos + 2] == b"\r\n" or buf.find(b"\r\n\r\n", start) >= 0
+        return self.found or len(buf) - self.pos > _MAX_TRAILERS
 
 
 class _Conn:
-    __slots__ = ("sock", "addr", "listener", "deadline", "buf", "req", "body_done", "body_whole", "lingering",
-                 "drained")
+    __slots__ = ("sock", "addr", "listener", "deadline", "buf", "scanned", "head_seen", "req", "body_done",
+                 "body_whole", "lingering", "drained")
 
     def __init__(self, sock: socket.socket, addr: Any, listener: socket.socket, deadline: float) -> None:
         self.sock = sock
@@ -125,6 +129,8 @@ class _Conn:
         self.listener = listener
         self.deadline = deadline
         self.buf = bytearray()  # the head until it is parsed, then the body
+        self.scanned = 0  # head bytes already searched for the blank line that ends it
+        self.head_seen = False
         self.req: Request | None = None
         # Ready for the app: a function of the buffered body, set once the head is parsed.
         self.body_done: Callable[[bytearray], bool] | None = None
@@ -275,8 +281,12 @@ class BufferingWorker(SyncWorker):
     def _ready(self, conn: _Conn) -> bool:
         """Whether the request can go to the app: complete, or certain to be refused whatever follows."""
         if conn.req is None:
-            if conn.buf.find(b"\r\n\r\n") < 0 and conn.buf.find(b"\n\n") < 0:
-                return len(conn.buf) > self.max_head
+            if not conn.head_seen:
+                start = max(0, conn.scanned - 3)  # each byte searched once, however slowly the head comes
+                conn.scanned = len(conn.buf)
+                if conn.buf.find(b"\r\n\r\n", start) < 0 and conn.buf.find(b"\n\n", start) < 0:
+                    return len(conn.buf) > self.max_head
+                conn.head_seen = True
             received = _Received(bytes(conn.buf))
             try:
                 req = Request(self.cfg, received, conn.addr)

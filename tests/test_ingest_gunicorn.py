@@ -225,6 +225,27 @@ def test_valid_chunked_delivery_sent_in_pieces_is_accepted(ingest: Ingest, step:
     assert (status, answer["reason"]) == (200, "queued")
 
 
+def test_content_length_over_the_limit_is_413_without_waiting_for_the_body(ingest: Ingest) -> None:
+    started = time.monotonic()
+    with ingest.connect() as sock:
+        sock.sendall(b"POST /webhooks/vr HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1))
+        status, answer = read_answer(sock)
+    assert (status, answer["reason"]) == (413, "request entity too large")
+    assert time.monotonic() - started < READ_TIMEOUT
+
+
+def test_a_head_over_gunicorns_limits_is_refused_by_gunicorn(ingest: Ingest) -> None:
+    status, _ = exchange(ingest, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+    assert status == 431
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_deadline_without_an_answer(ingest: Ingest) -> None:
+    started = time.monotonic()
+    with ingest.connect() as sock:
+        assert sock.recv(100) == b""
+    assert READ_TIMEOUT - 0.1 <= time.monotonic() - started <= READ_TIMEOUT + 1.5
+
+
 def test_expect_100_continue_gets_its_interim_answer_before_the_body_is_sent(ingest: Ingest) -> None:
     request = delivery_request()
     head, _, body = request.partition(b"\r\n\r\n")
