@@ -228,7 +228,9 @@ class BufferingWorker(SyncWorker):
             conn = next(iter(self.waiting.values()))
             if conn.deadline > now:
                 break
-            self._time_out(conn)
+            self._read(conn)  # what arrived while the app ran for someone else counts: if complete, it is served
+            if self.waiting.get(conn.sock.fileno()) is conn:
+                self._time_out(conn)
         while self.lingering:
             conn = next(iter(self.lingering.values()))
             if conn.deadline > now:
@@ -353,7 +355,7 @@ class BufferingWorker(SyncWorker):
             hl_logging.clear()  # no line of this connection may carry an earlier request's ids
             log.warning("request.timeout", status=408, head_received=conn.req is not None,
                         body_bytes=len(conn.buf) if conn.req is not None else 0,
-                        seconds=self.read_timeout, client=_peer(conn.addr))
+                        seconds=self.read_timeout, client_ip=_peer(conn.addr))
             with contextlib.suppress(OSError):  # gone or not reading: the close below is all that is left
                 conn.sock.send(self.answer_408)
         self._linger(conn)
