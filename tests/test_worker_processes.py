@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from ingest.app import create_app
-from shared import deadletters
-from shared.config import Config
-from shared.providers import volumereach
+from hooklane.ingest.app import create_app
+from hooklane.shared import deadletters
+from hooklane.shared.config import Config
+from hooklane.shared.providers import volumereach
 
 pytestmark = pytest.mark.redis
 
@@ -62,7 +62,7 @@ class Workers:
 
     def start(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "--config", str(self.config_path), "worker"],
+            [sys.executable, "-m", "hooklane.operators.cli", "--config", str(self.config_path), "worker"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: the worker and the scheduler it forks
         )
