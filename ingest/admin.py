@@ -190,12 +190,19 @@ def _body(*, required: bool) -> dict[str, Any]:
             raise OperatorError("body must be a JSON object")
         return {}
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OperatorError(f"body is not valid JSON: {exc}") from None
+        body = json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise OperatorError("body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # not JSON, not UTF-8, NaN/Infinity, an integer past Python's 4300 digits
+        raise OperatorError(f"body is not valid JSON: {str(exc).split(';')[0]}") from None  # not Python's advice
     if not isinstance(body, dict):
         raise OperatorError("body must be a JSON object")
     return body
+
+
+def _not_json(literal: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON does not have and no filter or limit can use.
+    raise ValueError(f"{literal} is not a JSON value")
 
 
 def _only(body: dict[str, Any], allowed: tuple[str, ...]) -> None:

@@ -144,7 +144,6 @@ def create_app(
 
     def webhook(source: str, path_token: str | None = None) -> Response:
         started = time.perf_counter()
-        hl_logging.clear()  # first: no line of this request may carry the previous request's ids
         src = config.sources.get(source)
         if src is None:
             return _answer(404, "unknown source")
@@ -231,8 +230,8 @@ def create_app(
 
     @app.get("/metrics", provide_automatic_options=False)
     def metrics_view() -> Response:
-        data, content_type = metrics.render(conn, config)
-        return Response(data, mimetype=content_type)
+        data, content_type = metrics.render(conn, config, request.headers.get("Accept", ""))
+        return Response(data, content_type=content_type)  # as given: `mimetype=` would append a second charset
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -259,4 +258,23 @@ def create_app(
         return resp
 
     register_admin(app, config, conn)
+    app.wsgi_app = _own_log_context(app.wsgi_app)  # type: ignore[method-assign]
+    return app
+
+
+def _own_log_context(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
+    """Every request, whatever its route, starts and ends with nothing bound to the log context.
+
+    The context lives as long as the thread that serves request after request: without the clear at the
+    start a line would carry the ids of the previous delivery, and without the one at the end so would the
+    server's own lines in between (gunicorn's "Invalid request", a worker's exit), ids a client may have chosen.
+    """
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        hl_logging.clear()
+        try:
+            return wsgi_app(environ, start_response)
+        finally:
+            hl_logging.clear()
+
     return app

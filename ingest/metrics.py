@@ -11,7 +11,8 @@ client-chosen value, never a secret.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
+from prometheus_client.exposition import choose_encoder
 from redis import Redis
 
 from shared.config import Config
@@ -27,6 +28,11 @@ LATENCY = Histogram("hooklane_ingest_latency_seconds", "Time from request start 
                     ["source"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 
 
-def render(redis: Redis, config: Config) -> tuple[bytes, str]:
-    """The /metrics body and content type: counters of every ingest process plus the queue gauges."""
-    return generate_latest(build_registry(redis, config)), CONTENT_TYPE_LATEST
+def render(redis: Redis, config: Config, accept: str = "") -> tuple[bytes, str]:
+    """The /metrics body and content type: counters of every ingest process plus the queue gauges.
+
+    Format and content type are chosen from the scraper's Accept header by prometheus_client, as its own
+    WSGI app (the workers' endpoint) does: text 0.0.4, text 1.0.0 or OpenMetrics.
+    """
+    encode, content_type = choose_encoder(accept)
+    return encode(build_registry(redis, config)), content_type

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 from rq.serializers import JSONSerializer
 
@@ -112,6 +113,8 @@ class DeliveryEnqueuer:
                      **dict.fromkeys(_UNSET_FIELDS, "")}
         fields = ", ".join(f"{_lua_string(k)}, {_lua_string(v)}" for k, v in constants.items())
         self.script = (
+            # A job that exists already was written by this very call's first try (ids are uuid4): see _evalsha.
+            "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
             "redis.call('HSET', KEYS[1], 'status', 'queued', 'created_at', ARGV[2], 'enqueued_at', ARGV[2],"
             f" 'data', {_lua_string(_job_data_prefix())} .. ARGV[4] .. {_lua_string(_JOB_DATA_SUFFIX)},"
             " 'description', 'process_delivery(' .. ARGV[3] .. ', ' .. ARGV[1] .. ')', "
@@ -160,13 +163,21 @@ class DeliveryEnqueuer:
         # The one hot-path command, packed here and sent on redis-py's own connection (which keeps
         # its connect, auth, TLS and reconnect handling): redis-py 8 wraps every client call in
         # retry and observability bookkeeping that cost more CPU than the command itself (95 µs vs
-        # 55 µs, docs/benchmarks.md). No client-side retry is wanted here anyway: a failure is a 503
-        # at once and the provider delivers again.
+        # 55 µs, docs/benchmarks.md).
         parts = [b"EVALSHA", self._sha_bytes, b"3", *(a.encode() for a in args)]
         packed = b"".join([b"*%d\r\n" % len(parts), *(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)])
         with redis.single_connection_lock:
-            conn.send_packed_command([packed], check_health=False)
-            conn.read_response()  # raises the server's error (NoScriptError, OOM, READONLY) as redis-py would
+            try:
+                conn.send_packed_command([packed], check_health=False)
+                conn.read_response()  # raises the server's error (NoScriptError, OOM, READONLY) as redis-py would
+            except RedisConnectionError:
+                # Redis or a proxy closed the connection while it sat idle (server `timeout`, a balancer's idle
+                # limit, CLIENT KILL), and only this command found out. Once more on a new connection (redis-py
+                # dropped this one): a real outage fails again at once, and if the first try was applied after
+                # all, the script's EXISTS guard makes the second a no-op. Not on TimeoutError: that is a slow
+                # or unreachable Redis, and a second wait would double the time a worker is held.
+                conn.send_packed_command([packed], check_health=False)
+                conn.read_response()
 
 
 def enqueue_delivery(redis: Redis, delivery: Delivery, config: Config) -> None:

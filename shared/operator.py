@@ -49,6 +49,19 @@ class OperatorError(ValueError):
 
 def parse_time(value: Any, *, name: str = "time", now: float | None = None) -> float:
     """Unix seconds from ISO 8601 (naive = UTC), a relative age (`15m`, `2h`, `3d`, `1w`) or a number."""
+    try:
+        seconds = _seconds(value, name, now)
+        # Numbers and ages can be anything (NaN, 1e400, 10**400, 99999999999w): keep to times a date can
+        # show, which Redis also takes as a score and describe_filters can print.
+        datetime.fromtimestamp(seconds, UTC)
+    except OperatorError:
+        raise
+    except (OverflowError, ValueError, OSError):
+        raise OperatorError(f"{name}: out of range, give a time between the years 1 and 9999") from None
+    return seconds
+
+
+def _seconds(value: Any, name: str, now: float | None) -> float:
     if isinstance(value, bool):
         raise OperatorError(f"{name}: must be ISO 8601 or a relative age like 15m, 2h, 3d")
     if isinstance(value, int | float):

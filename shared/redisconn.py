@@ -10,23 +10,43 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 
 def connect(url: str, *, socket_timeout: float | None = 5.0, connect_timeout: float = 2.0,
             single_connection: bool = False) -> Redis:
-    """`single_connection` keeps one connection instead of a pool: for a process that serves one
+    """A client; nothing is connected until its first command, so this never fails for an unreachable Redis.
+
+    `single_connection` keeps one connection instead of a pool: for a process that serves one
     request at a time (a gunicorn sync worker) it saves the pool's get/release on every command
     (~20 µs of ~100, measured in docs/benchmarks.md); redis-py still locks it for threads."""
     if url.startswith("redis+sentinel://"):
         return _sentinel(url, socket_timeout, connect_timeout)
-    return Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        health_check_interval=30,
-        single_connection_client=single_connection,
-    )
+    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout, "health_check_interval": 30}
+    if not single_connection:
+        return Redis.from_url(url, **options)
+    # A pool checks the connection it hands out; the pinned one is not checked before use, so when Redis or a
+    # proxy closed it while idle the next command fails. One more try on a new connection; not after a
+    # timeout, which is a slow or unreachable Redis rather than a stale connection.
+    client = Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **options)
+    _pin_one_connection(client)
+    return client
+
+
+def _pin_one_connection(client: Redis) -> None:
+    """What redis-py's `single_connection_client=True` sets up, without connecting.
+
+    redis-py connects the pinned connection in the client's constructor, so a gunicorn worker
+    (re)started while Redis is unreachable failed to boot and took the master down with it. An
+    unconnected redis-py connection connects on its first command and again after any error.
+    """
+    pool = client.connection_pool
+    client.connection = pool.make_connection()
+    pool._in_use_connections.add(client.connection)  # so close() hands it back and the pool disconnects it
+    client._single_connection_client = True  # redis-py's switch: lock the pinned connection per command
 
 
 def _sentinel(url: str, socket_timeout: float | None, connect_timeout: float) -> Redis:

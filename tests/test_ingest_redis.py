@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -278,3 +280,102 @@ def test_outage_under_load_leaves_no_partial_job_and_loses_no_accepted_one(
     assert not missing, f"{len(missing)} deliveries answered 200 are not in Redis"
     # Anything stored but not answered 200 can only be a 503 whose EXEC landed: a harmless redelivery.
     assert len(stored - set(accepted)) <= statuses.count(503)
+
+
+# --------------------------------------------------------------------------- dropped idle connections
+
+
+def _ingest_connections(r: redis.Redis) -> int:
+    """Clients connected to the server other than the one asking."""
+    return len(r.client_list()) - 1
+
+
+def _drop_by_server_timeout(r: redis.Redis) -> None:
+    r.config_set("timeout", 1)  # Redis closes a connection idle for longer than this
+    assert _eventually(lambda: _ingest_connections(r) == 0, timeout=5), "Redis did not close the idle connection"
+
+
+def _drop_by_client_kill(r: redis.Redis) -> None:
+    r.client_kill_filter(_type="normal", skipme=True)
+    assert _ingest_connections(r) == 0
+
+
+@pytest.mark.parametrize("drop", [_drop_by_server_timeout, _drop_by_client_kill], ids=["server-timeout", "client-kill"])
+def test_first_delivery_after_the_idle_connection_was_dropped_is_accepted(
+    make_config: Callable[..., Config], disposable_redis: RedisServer, drop: Callable[[redis.Redis], None]
+) -> None:
+    # A provider that never retries (VoiceKit) loses the event if this first request after a quiet spell is a 503.
+    admin = disposable_redis.client()
+    client = ingest_client(make_config, disposable_redis.url)
+    accepted = []
+    for _ in range(3):
+        resp = client.post("/webhooks/vr", data=BODY, headers=signed_headers())
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        accepted.append(resp.get_json()["id"])
+        assert _ingest_connections(admin) == 1
+        drop(admin)
+    # The same for the probe and the admin API, which share that connection.
+    assert client.get("/readyz").status_code == 200
+    drop(admin)
+    assert client.get("/metrics").status_code == 200
+    assert assert_no_partial_jobs(admin) == set(accepted)
+    admin.close()
+
+
+class _ReplyDroppingProxy:
+    """A TCP proxy to Redis that, once armed, forwards the next command and drops the connection instead of
+    its reply: a write Redis applied whose answer never came back (a proxy or network failing mid-command)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed = threading.Event()
+        self.dropped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if replies and self.armed.is_set():
+                    self.armed.clear()
+                    self.dropped.set()
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)  # not just close(): the other direction's thread is in recv()
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_write_whose_reply_was_lost_is_retried_and_queued_once(make_config: Callable[..., Config],
+                                                                  disposable_redis: RedisServer) -> None:
+    proxy = _ReplyDroppingProxy(disposable_redis.port)
+    admin = disposable_redis.client()
+    try:
+        client = ingest_client(make_config, f"redis://127.0.0.1:{proxy.port}/0")
+        first = client.post("/webhooks/vr", data=BODY, headers=signed_headers()).get_json()["id"]
+        proxy.armed.set()
+        resp = client.post("/webhooks/vr", data=BODY, headers=signed_headers())
+        assert proxy.dropped.is_set()
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        # Applied by the first try, not again by the retry: one hash, one queue entry.
+        assert assert_no_partial_jobs(admin) == {first, resp.get_json()["id"]}
+    finally:
+        proxy.close()
+        admin.close()

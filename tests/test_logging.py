@@ -287,6 +287,36 @@ def test_context_of_one_job_does_not_leak_into_the_next(
         assert ln.get("request_id") in (None, ids[1]), ln
 
 
+REQUEST_CONTEXT = ("request_id", "delivery_id", "source", "provider")
+
+
+def test_no_line_after_a_request_carries_its_ids(make_config: Callable[..., Config], capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # The delivery id is the client's to choose: an attacker's value must not label later, unrelated lines.
+    monkeypatch.setenv("HOOKLANE_ADMIN_TOKEN", "admin-token-for-leak-test")
+    client = create_app(make_config(), fakeredis.FakeRedis()).test_client()
+    body = json.dumps(NOW_BODY).encode()
+    delivery = client.post("/webhooks/vr", data=body, headers=signed(body, delivery_id="dlv_leak_1"))
+    assert delivery.status_code == 200
+
+    logging.getLogger("gunicorn.error").warning("Invalid request from ip=127.0.0.1: Invalid HTTP method")
+    assert client.get("/admin/stats", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/admin/dead-letters/replay", json={"all": True, "dry_run": True},
+                       headers={"Authorization": "Bearer admin-token-for-leak-test"}).status_code == 200
+    refused = client.post("/webhooks/vr", data=body, headers={"X-Webhook-Delivery-Id": "dlv_leak_2"})
+    assert refused.status_code == 401
+    _, lines = json_lines(capsys)
+
+    (accepted,) = named(lines, "delivery.accepted")
+    assert accepted["delivery_id"] == "dlv_leak_1"
+    later = lines[lines.index(accepted) + 1:]
+    assert {ln["event"] for ln in later} >= {"admin.refused", "admin.replay_bulk", "delivery.refused"}
+    for ln in later:
+        assert ln.get("request_id") is None and ln.get("delivery_id") != "dlv_leak_1", ln
+        if not ln["event"].startswith("delivery."):  # a delivery's own lines name its source, nothing else does
+            assert not any(key in ln for key in REQUEST_CONTEXT), ln
+
+
 # --------------------------------------------------------------------------- redaction
 
 

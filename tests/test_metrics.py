@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import redis
 from conftest import BASE_CONFIG, TEST_ENV, RedisServer, free_port
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import metrics as ingest_metrics
@@ -34,6 +36,7 @@ from shared.config import Config
 from shared.providers import volumereach
 from shared.queue_metrics import QueueCollector
 from shared.redisconn import connect
+from workers import metrics as worker_metrics
 from workers import runtime
 from workers.main import build_worker, start_metrics_server
 
@@ -137,6 +140,32 @@ def test_a_scrape_while_redis_is_down_still_serves_the_counters(make_config: Cal
     assert value(samples, "hooklane_redis_up") == 0
     assert not any(name == "hooklane_queue_depth" for name, _ in samples)
     assert any(name.startswith("hooklane_ingest_") for name, _ in samples)
+
+
+@pytest.mark.parametrize("accept", [
+    None,  # curl, a health checker
+    "text/plain;version=0.0.4;q=0.9,*/*;q=0.1",  # Prometheus 2
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.6,text/plain;version=0.0.4;q=0.3,*/*;q=0.1",  # Prometheus 3
+    "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.2",
+], ids=["none", "prometheus-2", "prometheus-3", "openmetrics"])
+def test_both_endpoints_send_the_content_type_prometheus_clients_exposition_chooses(
+    make_config: Callable[..., Config], fake_redis: redis.Redis, accept: str | None,
+) -> None:
+    # A repeated parameter ("charset=utf-8; charset=utf-8") makes Prometheus 2 fall back and Prometheus 3 refuse.
+    headers = {"Accept": accept} if accept else {}
+    expected = choose_encoder(accept or "")[1]
+    resp = create_app(make_config(), fake_redis).test_client().get("/metrics", headers=headers)
+    assert resp.status_code == 200
+    assert resp.headers.getlist("Content-Type") == [expected]
+    assert parse(resp.get_data(as_text=True))  # the body is in the format the header names
+    server = worker_metrics.serve(0, CollectorRegistry(), lambda: {}, addr="127.0.0.1")
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{server.server_port}/metrics", headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as worker_resp:
+            assert worker_resp.headers.get_all("Content-Type") == [expected]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_oldest_waiting_age_is_measured_from_the_head_of_the_queue(
