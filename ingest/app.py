@@ -17,6 +17,13 @@ from typing import Any
 
 import redis
 from flask import Flask, Response, g, request
+from gunicorn.http.errors import (
+    ChunkMissingTerminator,
+    InvalidChunkExtension,
+    InvalidChunkSize,
+    NoMoreData,
+    ParseException,
+)
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.routing import Rule
 from werkzeug.wsgi import get_content_length
@@ -83,13 +90,31 @@ def _environ_key(name: str) -> str:
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
 
+class BodyError(Exception):
+    """The request body cannot be read as framed (400): the client's mistake, reported with its reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# gunicorn decodes a chunked body while the app reads it, so its framing errors surface here.
+_CHUNKED_ERRORS: dict[type[Exception], str] = {
+    InvalidChunkSize: "malformed chunked body: invalid chunk size",
+    ChunkMissingTerminator: "malformed chunked body: chunk data not followed by CRLF",
+    InvalidChunkExtension: "malformed chunked body: invalid chunk extension",
+    NoMoreData: "incomplete body: the input ended inside a chunk",
+}
+
+
 def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     """The raw body, or RequestEntityTooLarge (413) past `limit` bytes, with or without Content-Length.
 
     Read from wsgi.input directly: werkzeug's wrapper streams cost more than the HMAC,
     and enforce MAX_CONTENT_LENGTH on a chunked body (no Content-Length) by silently
     truncating it at the limit, so a truncated body would be queued as if it were the
-    delivery. Reading one byte past the limit tells the two apart.
+    delivery. Reading one byte past the limit tells the two apart. A body whose framing
+    is broken raises BodyError (400).
     """
     length = get_content_length(environ)  # None for chunked or absent
     if length is not None:
@@ -103,12 +128,15 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     stream = environ["wsgi.input"]
     chunks: list[bytes] = []
     remaining = want
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
+    try:
+        while remaining > 0:
+            chunk = stream.read(remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except (NoMoreData, ParseException) as exc:  # the rest (trailers) are header errors
+        raise BodyError(_CHUNKED_ERRORS.get(type(exc), "malformed chunked body: invalid trailer")) from None
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if length is None:
         if len(body) > limit:
@@ -156,7 +184,11 @@ def create_app(
             resp.headers["Allow"] = ", ".join(allowed)
             return resp
         environ = request.environ
-        body = _read_body(environ, max_body)
+        try:
+            body = _read_body(environ, max_body)
+        except BodyError as exc:
+            log.warning("delivery.refused", status=400, reason=exc.reason)
+            return _answer(400, exc.reason)
         headers = _EnvironHeaders(environ)
         remote_addr = environ.get("REMOTE_ADDR") or ""
         ip = client_ip(remote_addr, headers.get("x-forwarded-for"), config.ingest.trusted_proxies)

@@ -32,16 +32,17 @@ from shared import logging as hl_logging  # noqa: E402  (needs _ROOT on sys.path
 pythonpath = _ROOT
 bind = [os.environ.get("HOOKLANE_BIND") or f"0.0.0.0:{os.environ.get('PORT') or 8000}"]
 
-# sync, chosen by measurement (bench/ingest, 3 interleaved rounds on 2 CPUs, docs/benchmarks.md):
-# sync -w 2 and gthread -w 2 --threads 4 accepted the same deliveries/s (~1,690 at 16 and ~1,650
-# at 64 connections), but sync's p99 was half gthread's (15 vs 28 ms at c=16, 55 vs 80 ms at c=64,
-# 14 vs 25 ms at 500/s in bursts of 10). A request is CPU-bound (HMAC, envelope, one JSON log
-# line) around one short Redis round trip, so threads mostly add GIL hand-offs, and what gthread's
-# keep-alive saves (a TCP handshake per request) did not make up for it. gevent is not a
-# dependency and would not help a CPU-bound request either. Sync's weakness, a slow client
-# holding a worker for as long as it takes to send, is why ingest belongs behind a buffering
-# proxy or load balancer.
-worker_class = "sync"
+# ingest.gunicorn_worker.BufferingWorker: gunicorn's sync worker (one request at a time per process,
+# no threads) with each request read whole by an event loop before the app runs, so a slow client
+# (headers or body at a byte a second) holds nothing but a buffer, and is answered 408 after
+# [ingest] request_read_timeout_seconds. Chosen by measurement (bench/ingest-slow-clients and
+# bench/ingest, docs/benchmarks.md): with plain sync, 2 x workers trickling clients stopped every
+# worker for 30 s; gthread kept answering only while it had a free thread (each trickler held one,
+# headers included, with no deadline), and its p99 was twice sync's. This worker served /healthz
+# and deliveries in about a millisecond through 2 x workers (and 200) tricklers, at sync's
+# throughput and p99. An ingest request is CPU-bound (HMAC, envelope, one JSON log line) around one
+# short Redis round trip, so threads would mostly add GIL hand-offs.
+worker_class = "ingest.gunicorn_worker.BufferingWorker"
 
 
 def _default_workers() -> int:
@@ -71,8 +72,9 @@ timeout = 30
 # SIGTERM: finish in-flight deliveries (each is one Redis transaction) inside the 30 s most platforms
 # (Heroku, Kubernetes' default terminationGracePeriodSeconds) allow before SIGKILL.
 graceful_timeout = 25
-# Only gthread/async workers keep connections open; for them, outlive a load balancer's idle
-# timeout (AWS ALB: 60 s) so the balancer never reuses a connection ingest just closed.
+# Only gthread/async workers keep connections open (ingest's closes each after its answer, as sync
+# does); for them, outlive a load balancer's idle timeout (AWS ALB: 60 s) so the balancer never
+# reuses a connection ingest just closed.
 keepalive = 75
 # Heartbeat files on tmpfs: on an overlay or network /tmp a blocked write stalls the worker.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None

@@ -65,6 +65,9 @@ class IngestConfig:
     # How many reverse proxies in front of ingest append to X-Forwarded-For.
     trusted_proxies: int = 0
     retry_after_seconds: int = 5
+    # A client must send its whole request (head and body) within this many seconds of connecting, or get
+    # 408: a slow client cannot hold ingest (ingest/gunicorn_worker.py). Providers wait 10-20 s for an answer.
+    request_read_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -205,11 +208,15 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     redis = RedisConfig(url=url, prefix=rd.name("prefix", RedisConfig.prefix))
 
     ig = r.table("ingest")
-    ig.only("max_body_bytes", "trusted_proxies", "retry_after_seconds")
+    ig.only(*IngestConfig.__dataclass_fields__)
+    read_timeout = ig.float("request_read_timeout_seconds", IngestConfig.request_read_timeout_seconds)
+    if read_timeout <= 0:
+        raise ConfigError(f"{ig.key('request_read_timeout_seconds')}: must be a number > 0, got {read_timeout!r}")
     ingest = IngestConfig(
         max_body_bytes=ig.int("max_body_bytes", IngestConfig.max_body_bytes, minimum=1),
         trusted_proxies=ig.int("trusted_proxies", 0, minimum=0),
         retry_after_seconds=ig.int("retry_after_seconds", 5, minimum=1),
+        request_read_timeout_seconds=read_timeout,
     )
 
     wk = r.table("worker")

@@ -54,8 +54,13 @@ def test_defaults_when_tables_are_absent() -> None:
     assert c.redis.url == "redis://127.0.0.1:6379/0"
     assert c.ingest.max_body_bytes == 1024 * 1024
     assert c.ingest.trusted_proxies == 0
+    assert c.ingest.request_read_timeout_seconds == 10.0
     assert c.sources["vr"].tolerance_seconds == 300
     assert c.sources["vr"].methods == ()
+
+
+def test_request_read_timeout_takes_fractions_of_a_second() -> None:
+    assert load("[ingest]\nrequest_read_timeout_seconds = 2.5\n" + VR).ingest.request_read_timeout_seconds == 2.5
 
 
 def test_token_accepts_a_single_string_or_a_rotation_list() -> None:
@@ -126,6 +131,9 @@ def test_unknown_key_is_refused_by_its_dotted_name(text: str, key: str) -> None:
         ("[ingest]\ntrusted_proxies = -1\n", "ingest.trusted_proxies"),
         ("[ingest]\ntrusted_proxies = true\n", "ingest.trusted_proxies"),
         ("[ingest]\nretry_after_seconds = 1.5\n", "ingest.retry_after_seconds"),
+        ("[ingest]\nrequest_read_timeout_seconds = 0\n", "ingest.request_read_timeout_seconds"),
+        ("[ingest]\nrequest_read_timeout_seconds = -1\n", "ingest.request_read_timeout_seconds"),
+        ("[ingest]\nrequest_read_timeout_seconds = '10s'\n", "ingest.request_read_timeout_seconds"),
         ("[redis]\nurl = 6379\n", "redis.url"),
         ("[redis]\nurl = 'http://localhost:6379'\n", "redis.url"),
         ("[redis]\nprefix = 'has space'\n", "redis.prefix"),
