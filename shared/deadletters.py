@@ -24,6 +24,15 @@ An entry (``stage`` tells what to replay):
 Replay is safe to run twice at once: the entry is taken with WATCH/MULTI in the
 same transaction that enqueues its job, so exactly one operator's replay wins
 and the entry leaves the queue only when its job is safely in Redis.
+
+One truth with RQ's own tools. An entry written by the worker's exception handler
+has the id of the RQ job that died, and RQ keeps that job in its FailedJobRegistry
+(`rq info`, rq-dashboard). Replaying or purging the entry deletes that job too, in
+the same transaction. A job RQ's tools requeue anyway (before the replay, or in a
+race with it) carries `meta["dead_letter"]`, and its run first `take`s the entry:
+if the entry is still there, the requeue is the replay (and `hooklane dlq replay`
+then finds nothing); if it is gone, the event was replayed or purged already and
+the run does nothing. Either way an event leaves the dead-letter queue once.
 """
 
 from __future__ import annotations
@@ -70,12 +79,46 @@ def get(redis: Redis, config: Config, entry_id: str) -> dict[str, Any] | None:
 
 
 def remove(redis: Redis, config: Config, entry_id: str) -> bool:
-    prefix = config.redis.prefix
+    """Purge: the entry and RQ's failed copy of its job, at once; False if the entry was not there."""
+    failed = _failed_rq_job(redis, config, entry_id)
     pipe = redis.pipeline(transaction=True)
-    pipe.delete(entry_key(prefix, entry_id))
+    _drop(pipe, config.redis.prefix, entry_id, failed)
+    return bool(pipe.execute()[0])
+
+
+def take(redis: Redis, config: Config, entry_id: str) -> bool:
+    """Remove the entry for the job that is about to re-run it; True if it was still there to take.
+
+    The job RQ's tools requeued calls this: whoever removes the entry owns its one replay.
+    """
+    pipe = redis.pipeline(transaction=True)
+    _drop(pipe, config.redis.prefix, entry_id, None)
+    return bool(pipe.execute()[0])
+
+
+def _drop(pipe: Any, prefix: str, entry_id: str, failed_job: Any) -> None:
+    pipe.delete(entry_key(prefix, entry_id))  # first: its reply says whether the entry was there
     pipe.zrem(index_key(prefix), entry_id)
-    deleted, _ = pipe.execute()
-    return bool(deleted)
+    if failed_job is not None:
+        failed_job.delete(pipeline=pipe)  # out of the FailedJobRegistry, its hash and results gone
+
+
+def _failed_rq_job(redis: Redis, config: Config, entry_id: str) -> Any:
+    """The RQ job an entry came from, while RQ holds it as failed; else None.
+
+    A job RQ's tools requeued is left alone: it is queued or running, and its
+    run finds the entry gone and does nothing (see `take`).
+    """
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+
+    from shared.jobs import SERIALIZER
+
+    try:
+        job = Job.fetch(entry_id, connection=redis, serializer=SERIALIZER)
+    except (NoSuchJobError, ValueError):  # ValueError: not an RQ job id (an inline handler's entry)
+        return None
+    return job if job.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED) else None
 
 
 def count(redis: Redis, config: Config) -> int:
@@ -182,6 +225,7 @@ def replay(redis: Redis, config: Config, entry_id: str, *, dry_run: bool = False
             entry = json.loads(raw)
             if entry["stage"] == "handler" and entry.get("handler") not in config.handlers:
                 raise ReplayConflict(f"handler {entry.get('handler')!r} is no longer configured")
+            failed = None if dry_run else _failed_rq_job(redis, config, entry_id)
             job_id = uuid.uuid4().hex
             plan = {"entry_id": entry_id, "job_id": job_id, "stage": entry["stage"], "handler": entry.get("handler"),
                     "event_id": entry.get("event_id")}
@@ -206,8 +250,7 @@ def replay(redis: Redis, config: Config, entry_id: str, *, dry_run: bool = False
             else:
                 jobs.enqueue_delivery_replay(redis, pipe, config, entry["delivery"], job_id=job_id,
                                              prior_attempts=entry.get("attempts") or [], replays=history)
-            pipe.delete(key)
-            pipe.zrem(index_key(prefix), entry_id)
+            _drop(pipe, prefix, entry_id, failed)
             pipe.execute()
         except WatchError:
             raise ReplayConflict(f"dead letter {entry_id} changed while replaying (replayed by someone else?)") \

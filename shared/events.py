@@ -84,5 +84,9 @@ _EVENT_FIELDS = tuple(f.name for f in fields(Event))
 
 
 def dumps(obj: Any) -> str:
-    """The one JSON form hooklane stores and sends (stable key order, UTF-8, compact)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The one JSON form hooklane stores and sends (stable key order, UTF-8, compact).
+
+    Raises ValueError for NaN or ±Infinity rather than write them: they are not JSON,
+    and a receiver's parser would refuse the whole event (normalize refuses them first).
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from http_sink import HttpSink
@@ -56,6 +57,57 @@ def test_http_signs_with_standard_webhooks_headers_a_receiver_can_verify(http_si
     assert headers["webhook-signature"] == f"v1,{expected}"
     assert headers["webhook-id"] == EVENT["id"]
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 5
+
+
+# Event ids are what the provider sent: any Unicode, even CR/LF. The key on the wire is the
+# UTF-8 percent-encoding of every byte outside printable ASCII and of "%" (workers/handlers/http.py).
+ODD_IDS = [
+    ("vk:call_started:日本-1", "vk:call_started:%E6%97%A5%E6%9C%AC-1"),
+    ("vk:call_started:📞-7", "vk:call_started:%F0%9F%93%9E-7"),
+    ("vk:call_started:a\r\nX-Injected: 1", "vk:call_started:a%0D%0AX-Injected:%201"),
+    ("vr:call.completed:Zoë", "vr:call.completed:Zo%C3%AB"),
+    ("vr:call.completed:50%", "vr:call.completed:50%25"),
+    ("vr:call.completed:tab\there ", "vr:call.completed:tab%09here%20"),
+]
+
+
+@pytest.mark.parametrize(("event_id", "key"), ODD_IDS)
+def test_http_delivers_any_event_id_with_a_stable_percent_encoded_idempotency_key(http_sink, event_id, key):
+    handler = http(hook(http_sink))
+    event = {**EVENT, "id": event_id}
+    handler(event)
+    handler(event)  # a retry: the same key again
+    first, second = http_sink.requests
+    assert first.key == second.key == key
+    assert unquote(first.key) == event_id
+    assert "x-injected" not in first.headers
+    assert json.loads(first.body)["id"] == event_id
+
+
+def test_http_ids_differing_only_by_an_escape_get_distinct_keys(http_sink):
+    handler = http(hook(http_sink))
+    for event_id in ("vr:x:é", "vr:x:%C3%A9"):
+        handler({**EVENT, "id": event_id})
+    assert len({r.key for r in http_sink.requests}) == 2
+
+
+@pytest.mark.parametrize(("event_id", "key"), ODD_IDS)
+def test_http_signs_the_encoded_webhook_id_a_receiver_reads(http_sink, event_id, key):
+    secret = base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    http(hook(http_sink), secret=Secret(f"whsec_{secret}".encode(), "env:CRM_SECRET"))({**EVENT, "id": event_id})
+    [req] = http_sink.requests
+    assert req.headers["webhook-id"] == key
+    signed = f"{req.headers['webhook-id']}.{req.headers['webhook-timestamp']}.".encode() + req.body
+    expected = base64.b64encode(hmac.new(base64.b64decode(secret), signed, hashlib.sha256).digest()).decode()
+    assert req.headers["webhook-signature"] == f"v1,{expected}"
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), "\ud800"])
+def test_http_an_event_that_is_no_json_is_a_permanent_failure_and_nothing_is_sent(http_sink, value):
+    # Normalize refuses these now; an event stored in an older dead letter may still hold one.
+    with pytest.raises(PermanentError, match="cannot be sent"):
+        http(hook(http_sink))({**EVENT, "raw": {"x": value}})
+    assert http_sink.requests == []
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 408, 425, 429])

@@ -4,33 +4,41 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import redis
 from rq import Queue
-from rq.registry import ScheduledJobRegistry
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from support import handlers as th
 
 from ingest.app import create_app
-from shared import deadletters
+from shared import deadletters, operator
 from shared.config import Config
-from shared.jobs import SERIALIZER
+from shared.envelope import Delivery, utc_now_iso
+from shared.jobs import SERIALIZER, enqueue_delivery
 from shared.providers import volumereach
 from workers import runtime
 from workers.main import build_worker
 
 pytestmark = pytest.mark.redis
 
-CONFIG = """
+# Retries within a test's time: 0.2 s backoff, delivery retries at once.
+FAST_RETRIES = """
 [worker]
 backoff_base_seconds = 0.2
 backoff_multiplier = 1
 backoff_cap_seconds = 0.2
 backoff_jitter = 0
 delivery_retry_intervals = [0]
+"""
 
+CONFIG = FAST_RETRIES + """
 [[sources]]
 name = "vr"
 provider = "volumereach"
@@ -216,3 +224,137 @@ def test_a_replayed_handler_dead_letter_runs_only_that_handler_with_history_kept
     drain(cfg, real_redis)
     assert deadletters.count(real_redis, cfg) == 0
     assert len(calls("second")) == 1 and len(calls("first")) == 1
+
+
+# --------------------------------------------------------------------------- hostile but accepted payloads
+
+HTTP_CONFIG = FAST_RETRIES + """
+[[sources]]
+name = "vk"
+provider = "voicekit"
+token = "env:VOICEKIT_TOKEN"
+
+[handlers.crm]
+type = "http"
+url = "{url}/crm"
+max_attempts = 3
+
+[[routes]]
+events = ["*"]
+handlers = ["crm"]
+"""
+
+
+def enqueue_raw(cfg: Config, r: redis.Redis, body: bytes) -> str:
+    """What ingest writes for an accepted VoiceKit delivery (VoiceKit authenticates by URL token)."""
+    delivery = Delivery(id=uuid.uuid4().hex, source="vk", provider="voicekit", received_at=utc_now_iso(), body=body)
+    enqueue_delivery(r, delivery, cfg)
+    return delivery.id
+
+
+def call_started(call_id: str) -> bytes:
+    return json.dumps({"event": "call_started", "data": {"call_id": call_id}}, ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize("call_id", ["日本-1", "📞-2", "line\r\nX-Injected: 1"])
+def test_an_event_whose_id_is_not_ascii_reaches_the_http_downstream_once(make_config, redis_server, real_redis,
+                                                                        http_sink, call_id):
+    cfg = make_config(HTTP_CONFIG.format(url=http_sink.url), redis_url=redis_server.url)
+    enqueue_raw(cfg, real_redis, call_started(call_id))
+    drain(cfg, real_redis)
+    [req] = http_sink.requests
+    assert req.event["id"] == f"vk:call_started:{call_id}"
+    assert unquote(req.key) == req.event["id"]
+    assert deadletters.count(real_redis, cfg) == 0
+
+
+POISON_BODIES = {
+    "overflowing number": b'{"event":"call_started","data":{"call_id":"c1"},"x":1e400}',
+    "overflowing call id": b'{"event":"call_started","data":{"call_id":-1e400}}',
+    "lone surrogate id": b'{"event":"call_started","data":{"call_id":"\\ud800"}}',
+    "deep nesting": b'{"event":"call_started","data":{"call_id":"c2"},"x":' + b"[" * 990 + b"]" * 990 + b"}",
+}
+
+
+@pytest.mark.parametrize("body", POISON_BODIES.values(), ids=POISON_BODIES.keys())
+def test_a_poison_payload_is_dead_lettered_once_at_normalize_and_never_sent(make_config, redis_server, real_redis,
+                                                                           http_sink, body):
+    cfg = make_config(HTTP_CONFIG.format(url=http_sink.url), redis_url=redis_server.url)
+    delivery_id = enqueue_raw(cfg, real_redis, body)
+    drain(cfg, real_redis)
+    [entry] = deadletters.list_entries(real_redis, cfg)
+    assert entry["stage"] == "normalize" and entry["error"]["class"] == "NormalizeFailed"
+    assert len(entry["attempts"]) == 1, "refused once, not retried"
+    assert entry["delivery"]["id"] == delivery_id
+    assert http_sink.requests == []
+
+
+# --------------------------------------------------------------------------- one truth with RQ's own tools
+
+
+def failed_registry(r: redis.Redis) -> FailedJobRegistry:
+    """What `rq info` counts and rq-dashboard lists (and offers to requeue)."""
+    return FailedJobRegistry(queue=Queue("hooklane", connection=r, serializer=SERIALIZER))
+
+
+def dead_letter_of_second(cfg: Config, r: redis.Redis, call_id: str, failures: int = 3) -> dict[str, Any]:
+    """`second` fails every attempt (max_attempts 3): its retry job dies in RQ and becomes a dead letter."""
+    th.SCRIPT["second"] = ["transient"] * failures
+    deliver(cfg, r, payload(call_id))
+    drain(cfg, r, until=lambda: deadletters.count(r, cfg) == 1)
+    [entry] = deadletters.list_entries(r, cfg)
+    assert failed_registry(r).get_job_ids() == [entry["id"]], "RQ holds the job that died"
+    return entry
+
+
+def test_a_replayed_dead_letter_leaves_rqs_failed_registry_and_cannot_be_requeued_there(cfg, real_redis):
+    entry = dead_letter_of_second(cfg, real_redis, "call_11")
+    deadletters.replay(real_redis, cfg, entry["id"])
+    assert failed_registry(real_redis).count == 0
+    assert not Job.exists(entry["id"], connection=real_redis)
+    with pytest.raises((NoSuchJobError, InvalidJobOperation)):
+        failed_registry(real_redis).requeue(entry["id"])
+    drain(cfg, real_redis)
+    assert len(calls("second")) == 1
+
+
+def test_a_purged_dead_letter_leaves_rqs_failed_registry_too(cfg, real_redis):
+    deliver(cfg, real_redis, b"{not json")
+    drain(cfg, real_redis)
+    [entry] = deadletters.list_entries(real_redis, cfg)
+    assert failed_registry(real_redis).get_job_ids() == [entry["id"]]
+    assert operator.purge_many(real_redis, cfg, [entry["id"]]).counts == {operator.PURGED: 1}
+    assert failed_registry(real_redis).count == 0
+    assert not Job.exists(entry["id"], connection=real_redis)
+
+
+def test_a_dead_letter_requeued_with_rqs_tools_is_its_replay_and_dlq_replay_then_finds_nothing(cfg, real_redis):
+    entry = dead_letter_of_second(cfg, real_redis, "call_12")
+    failed_registry(real_redis).requeue(entry["id"])  # rq-dashboard's "Requeue"
+    drain(cfg, real_redis)
+    assert len(calls("second")) == 1
+    assert deadletters.count(real_redis, cfg) == 0, "the requeue took the dead letter"
+    assert operator.replay_one(real_redis, cfg, entry["id"])["status"] == operator.NOT_FOUND
+    drain(cfg, real_redis)
+    assert len(calls("second")) == 1, "delivered once, not once per tool"
+
+
+def test_a_requeue_racing_the_replay_does_nothing_and_the_event_is_delivered_once(cfg, real_redis):
+    entry = dead_letter_of_second(cfg, real_redis, "call_13")
+    Job.fetch(entry["id"], connection=real_redis, serializer=SERIALIZER).requeue()  # queued, not run yet
+    deadletters.replay(real_redis, cfg, entry["id"])
+    drain(cfg, real_redis)
+    assert len(calls("second")) == 1
+    assert deadletters.count(real_redis, cfg) == 0 and failed_registry(real_redis).count == 0
+
+
+def test_a_requeued_dead_letter_that_fails_again_comes_back_with_its_history(cfg, real_redis):
+    entry = dead_letter_of_second(cfg, real_redis, "call_14", failures=4)
+    failed_registry(real_redis).requeue(entry["id"])
+    drain(cfg, real_redis, until=lambda: failed_registry(real_redis).count == 1)
+    [again] = deadletters.list_entries(real_redis, cfg)
+    assert again["id"] == entry["id"]
+    assert len(again["attempts"]) == 4 and len(again["replays"]) == 1
+    deadletters.replay(real_redis, cfg, again["id"])
+    drain(cfg, real_redis)
+    assert len(calls("second")) == 1 and failed_registry(real_redis).count == 0

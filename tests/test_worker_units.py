@@ -44,6 +44,52 @@ def test_unreadable_bodies_fail_normalize_permanently(body):
     assert is_permanent(info.value)
 
 
+def nested(levels: int) -> bytes:
+    return b"[" * levels + b"1" + b"]" * levels
+
+
+# Bodies that parse, or nearly, but can never become an event that can be sent: each must be refused
+# at normalize (one dead letter, no retries), not fail later in a way that is retried as transient.
+POISON = {
+    "overflowing number": b'{"event": "call_started", "data": {"call_id": 1}, "x": 1e400}',
+    "overflowing call id": b'{"event": "call_started", "data": {"call_id": -1e400}}',
+    "overflowing number deep inside": b'{"event": "call_started", "data": {"call_id": 1, "m": [{"v": -2E+308}]}}',
+    "lone surrogate in the id": b'{"event": "call_started", "data": {"call_id": "\\ud800"}}',
+    "lone surrogate in a key": b'{"event": "call_started", "data": {"call_id": 1}, "\\udfff": 1}',
+    "surrogate as raw bytes": b'{"event": "call_started", "data": {"call_id": "\xed\xa0\x80"}}',
+    "nesting at the recursion limit": b'{"event": "call_started", "data": {"call_id": 1}, "x": ' + nested(990) + b"}",
+    "nesting past the recursion limit": b'{"event": "call_started", "data": {"call_id": 1}, "x": ' + nested(5000)
+                                        + b"}",
+    "nesting just past the bound": b'{"event": "call_started", "data": {"call_id": 1}, "x": ' + nested(64) + b"}",
+    "an id no header could carry": b'{"event": "call_started", "data": {"call_id": "' + b"9" * 600 + b'"}}',
+}
+
+
+@pytest.mark.parametrize("body", POISON.values(), ids=POISON.keys())
+def test_a_body_no_event_could_be_sent_from_fails_normalize_permanently(body):
+    with pytest.raises(NormalizeFailed) as info:
+        normalize(delivery(body, provider="voicekit"))
+    assert is_permanent(info.value)
+
+
+def test_nesting_up_to_the_bound_and_paired_surrogates_are_fine():
+    event = normalize(delivery(b'{"event": "call_started", "data": {"call_id": "\\ud83d\\udcde"}, "x": '
+                               + nested(62) + b"}", provider="voicekit"))
+    assert event.call.id == "\U0001f4de"
+
+
+def test_the_event_serialisation_refuses_non_finite_numbers():
+    from shared.events import dumps
+
+    for value in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ValueError):
+            dumps({"x": [value]})
+
+
+def test_an_integer_past_a_double_is_no_duration():
+    assert to_seconds(10**400) is None
+
+
 def test_a_normalizer_bug_is_a_permanent_normalize_failure_not_a_crash(monkeypatch):
     from shared.providers import PROVIDERS
 

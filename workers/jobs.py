@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 import traceback
 from datetime import UTC, datetime
@@ -45,23 +46,82 @@ log = hl_logging.get_logger("hooklane.worker")
 # --------------------------------------------------------------------------- normalize
 
 
+# Provider payloads nest a handful of levels. Far deeper, whatever walks the event later (json.dumps
+# inside RQ's job, the python handler's deepcopy at ~2 frames a level) hits the recursion limit: a
+# RecursionError there would be retried as transient, forever the same. So a body is bounded here.
+MAX_DEPTH = 64
+# An event id travels in a Redis key and in two HTTP headers (percent-encoded: up to 3x longer);
+# receivers refuse header lines past ~8 KB, which would fail every attempt alike. Real ids are < 100.
+MAX_ID_BYTES = 512
+
+
 def normalize(delivery: Delivery) -> Event:
+    """The delivery's canonical event, or NormalizeFailed: a body that can never become one.
+
+    An event that comes out of here can be sent: it serialises as UTF-8 JSON (no NaN or
+    ±Infinity, no lone surrogate anywhere, keys included) and its id can be claimed.
+    Anything else is refused now, once, rather than failing the same way on every retry.
+    """
     provider = PROVIDERS.get(delivery.provider)
     if provider is None:
         raise NormalizeFailed(f"unknown provider {delivery.provider!r}")
+    payload = parse_body(delivery.body)
     try:
-        payload = json.loads(delivery.body, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise NormalizeFailed(f"body is not JSON: {exc}") from exc
-    try:
-        return provider.normalize(payload, delivery)
+        event = provider.normalize(payload, delivery)
     except Exception as exc:  # noqa: BLE001 - any normalizer failure is permanent for this body; replay after a fix
         raise NormalizeFailed(f"{delivery.provider} normalizer: {type(exc).__name__}: {exc}") from exc
+    try:
+        event.to_json().encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise NormalizeFailed(f"the event cannot be sent as UTF-8 JSON: {type(exc).__name__}: {exc}") from exc
+    id_bytes = len(event.id.encode("utf-8"))
+    if id_bytes > MAX_ID_BYTES:
+        raise NormalizeFailed(f"event id is {id_bytes} bytes long, more than {MAX_ID_BYTES}")
+    return event
+
+
+def parse_body(body: bytes) -> Any:
+    try:
+        payload = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise NormalizeFailed(f"body nests deeper than {MAX_DEPTH} levels") from exc
+    except _NotPortable as exc:
+        raise NormalizeFailed(f"body has a value JSON cannot carry on: {exc}") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise NormalizeFailed(f"body is not JSON: {exc}") from exc
+    # Counting brackets is a cheap upper bound of the depth (strings count too): most bodies stop here.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(payload) > MAX_DEPTH:
+        raise NormalizeFailed(f"body nests deeper than {MAX_DEPTH} levels")
+    return payload
+
+
+class _NotPortable(ValueError):
+    """Parses in Python, but the event built from it could not be written as JSON again."""
 
 
 def _refuse_constant(name: str) -> float:
     # NaN/Infinity are not JSON (RFC 8259); accepting them would put non-JSON in every event we send.
-    raise ValueError(f"{name} is not valid JSON")
+    raise _NotPortable(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but overflows a double to inf, which no JSON can carry: refused like Infinity.
+    value = float(text)
+    if math.isinf(value):
+        raise _NotPortable(f"number {text[:40]} overflows a double")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting of lists and objects, counted without recursion (stops once past MAX_DEPTH)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_DEPTH:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _read_delivery(envelope: Any) -> Delivery:
@@ -77,6 +137,8 @@ def _read_delivery(envelope: Any) -> Delivery:
 def process_delivery(envelope: dict[str, Any]) -> None:
     rt = runtime.get()
     job = get_current_job()
+    if not _should_run(rt, job):
+        return
     metrics.replay_started(job, "delivery")
     delivery = _read_delivery(envelope)
     hl_logging.clear()
@@ -118,6 +180,28 @@ def process_delivery(envelope: dict[str, Any]) -> None:
     event_dict = event.to_dict()
     for i, handler in enumerate(pending):
         _run_inline(rt, handler, event_dict, envelope, job, final=i == len(pending) - 1)
+
+
+def _should_run(rt: runtime.Runtime, job: Job | None) -> bool:
+    """False only for a dead job RQ's tools requeued after its dead letter was replayed or purged.
+
+    hooklane never runs a dead job again: only `rq requeue` or rq-dashboard brings one back.
+    Such a run takes the dead letter (it is the replay), or, if the entry is gone, does
+    nothing: the event was replayed or purged already (shared/deadletters.py, "One truth").
+    """
+    entry_id = (job.meta or {}).get("dead_letter") if job else None
+    if job is None or entry_id is None:
+        return True
+    with hl_logging.bound(job_id=job.id):
+        if not deadletters.take(rt.redis, rt.config, entry_id):
+            log.warning("job.requeue_ignored", reason="its dead letter was replayed or purged already")
+            return False
+        log.info("job.requeued_from_failed", entry_id=entry_id)
+    meta = job.meta
+    del meta["dead_letter"]
+    meta["replays"] = [*(meta.get("replays") or []), {"at": utc_now_iso(), "job_id": job.id, "entry_id": entry_id}]
+    job.save_meta()
+    return True
 
 
 def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, Any], envelope: dict[str, Any],
@@ -183,6 +267,8 @@ def _schedule_retry(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, even
 def run_handler(task: dict[str, Any]) -> None:
     rt = runtime.get()
     job = get_current_job()
+    if not _should_run(rt, job):
+        return
     metrics.replay_started(job, "handler")
     event, name = task["event"], task["handler"]
     attempt_no = len((job.meta or {}).get("attempts", [])) + 1 if job else 1
@@ -285,6 +371,8 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
         entry = dead_letter_entry(rt, entry_id=job.id, stage=stage, exc=exc, tb=tb, attempts=attempts,
                                   event=event, delivery=delivery, handler=handler,
                                   replays=list(meta.get("replays") or []))
+        # Marks the job, should RQ's tools requeue it: its run must then take this entry, not run twice.
+        meta["dead_letter"] = job.id
         pipe = rt.redis.pipeline(transaction=True)
         deadletters.add(rt.redis, rt.config, entry, pipeline=pipe)
         if is_handler and event:

@@ -165,7 +165,7 @@ def to_seconds(value: Any) -> float | None:
     if isinstance(value, int | float | str):
         try:
             n = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an integer past a double's range
             return None
         # "nan"/"inf" parse as floats but are not JSON: an event must always serialise.
         return n if math.isfinite(n) else None

@@ -1,10 +1,18 @@
 """`http`: POST the canonical event as JSON to a downstream URL (a CRM, a data pipeline).
 
 - ``Idempotency-Key: <event id>`` on every attempt, so the receiver can drop our retries.
+  Header values are bytes on the wire and an event id is whatever the provider sent
+  (``日本-1``, an emoji, even CR/LF), so ids go out percent-encoded (`header_value`):
+  the UTF-8 bytes of every character outside printable ASCII, and of ``%`` itself,
+  as ``%XX``. Ids of printable ASCII without ``%`` or spaces (nearly all) go unchanged;
+  the encoding is the same on every attempt and replay, distinct ids never share a
+  key, and ``urllib.parse.unquote(key)`` gives the event id back.
 - With ``secret = "env:NAME"``, Standard Webhooks headers (``webhook-id``,
   ``webhook-timestamp``, ``webhook-signature: v1,<base64>``) so the receiver can
-  verify us with any Standard Webhooks library. A ``whsec_`` secret is base64
-  after the prefix, as that spec says; any other secret is used as raw bytes.
+  verify us with any Standard Webhooks library. ``webhook-id`` is the same encoded
+  id, and that is what is signed: receivers check the header's value as it came.
+  A ``whsec_`` secret is base64 after the prefix, as that spec says; any other
+  secret is used as raw bytes.
 - One pooled `requests.Session` per handler per process; (connect, read) timeouts.
 - 2xx: done. Timeouts, connection errors, 408, 425, 429 and 5xx: transient
   (``Retry-After`` honoured). Any other status: permanent.
@@ -18,7 +26,7 @@ import hashlib
 import hmac
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,6 +37,17 @@ from workers.errors import PermanentError, TransientError
 
 TRANSIENT_STATUSES = {408, 425, 429}
 USER_AGENT = "hooklane/0.1 (+webhook relay)"
+# Sent as is: printable ASCII but "%", which must be escaped too or "%41" and "A" would share a key.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
+def header_value(text: str) -> str:
+    """`text` as an HTTP header value: UTF-8 percent-encoded outside printable ASCII, and "%" too.
+
+    Stable and injective, so it can stand for the event id as an idempotency key. Never raises:
+    a string that is not valid Unicode (a lone surrogate) is encoded as the bytes it holds.
+    """
+    return quote(text.encode("utf-8", "surrogatepass"), safe=_HEADER_SAFE)
 
 
 def standard_webhooks_key(secret: bytes) -> bytes:
@@ -84,15 +103,20 @@ class HttpHandler:
         self.session.mount("https://", adapter)
 
     def __call__(self, event: dict[str, Any]) -> None:
-        body = dumps(event).encode("utf-8")
+        try:
+            body = dumps(event).encode("utf-8")
+        except ValueError as exc:
+            # Normalize lets no such event through; one from an older dead letter fails alike every time.
+            raise PermanentError(f"the event cannot be sent as UTF-8 JSON: {exc}") from None
+        key = header_value(event["id"])
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            "Idempotency-Key": event["id"],
+            "Idempotency-Key": key,
             **self.cfg.headers,
         }
         if self.cfg.secret is not None:
-            headers.update(sign_standard_webhook(self.cfg.secret.reveal(), event["id"], int(time.time()), body))
+            headers.update(sign_standard_webhook(self.cfg.secret.reveal(), key, int(time.time()), body))
         try:
             resp = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout,
                                      allow_redirects=False)
