@@ -13,7 +13,7 @@ from conftest import RedisServer
 from e2e.harness import Pipeline
 
 from faults import hostile
-from faults.ledger import Ledger, SteadySender, account, latency_summary
+from faults.ledger import Ledger, SteadySender, account, latency_summary, sink_arrivals
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -26,10 +26,10 @@ def test_hundreds_of_hostile_requests_get_no_500_and_the_valid_stream_is_intact(
     port = int(p.base_url.rsplit(":", 1)[1])
     ledger = Ledger(p)
     answers: dict[str, hostile.Answer] = {}
-    cases = []
+    cases: list[hostile.Hostile] = []
     with SteadySender(ledger, interval=0.1):
         for case in hostile.generate(ledger):
-            cases.append(case.item)
+            cases.append(case)
             at = time.monotonic()
             answer = hostile.exchange(port, case.raw)
             answers[case.name] = answer
@@ -44,11 +44,15 @@ def test_hundreds_of_hostile_requests_get_no_500_and_the_valid_stream_is_intact(
                      if a.status is not None and a.status >= 500 and not (a.status == 501 and "-te-" in name)}
     assert len(answers) >= 200
     assert not server_errors, f"{len(server_errors)} of {len(answers)} answered 5xx: {server_errors}"
-    garbled = {id(case_item) for case_item in cases}
+    garbled = {id(case.item) for case in cases}
     disturbed = [(i.wire.body[:60], i.attempts) for i in ledger.items
                  if id(i) not in garbled and any(a != 200 for _, a in i.attempts)]
     assert not disturbed, f"the valid stream was disturbed: {disturbed[:5]}"
     result = account(ledger)
+    non_ascii = {c.name: c.item.event_id for c in cases if c.name.startswith(hostile.NON_ASCII_CASE)}
+    arrived, _ = sink_arrivals(p)
+    assert {eid for eid in non_ascii.values() if not arrived[eid]} == set(), \
+        "valid events whose ids are not ASCII reach the sink (not the dead-letter queue)"
     figures(hostile_requests=len(answers), answers=by_status,
             slowest_answer_s=max(a.seconds for a in answers.values()), **result.figures())
     ingest_log = next(proc for proc in p.procs if proc.name == "ingest").log.read_text(errors="replace")
