@@ -11,6 +11,7 @@ file named by HOOKLANE_FAULT_FIGURES (docs/operations.md quotes them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -88,17 +89,30 @@ def make_pipeline(tmp_path: Path, fault_sink: Sink) -> Iterator[Callable[..., Pi
         p.close()
 
 
-def aof_server(tmp_path: Path, appendfsync: str = "everysec") -> RedisServer:
-    """A Redis of the test's own, not started, with the append-only file on and its dir in tmp_path."""
-    directory = tmp_path / f"redis-{appendfsync}"
-    directory.mkdir()
-    return RedisServer(appendfsync=appendfsync, directory=directory)
+@pytest.fixture
+def aof_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own with the append-only file on, its dir in tmp_path, started.
+
+    `appendfsync` is "everysec" unless parametrized indirectly. Request it before `make_pipeline`:
+    fixtures are torn down in reverse, so the processes stop while their Redis still answers.
+    """
+    with _aof_server(tmp_path, getattr(request, "param", "everysec")) as server:
+        server.start()
+        yield server
 
 
 @pytest.fixture
-def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = aof_server(tmp_path)
-    server.start()
+def down_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """Like aof_redis, but not started: the test starts it (an outage from the first second)."""
+    with _aof_server(tmp_path, "everysec") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _aof_server(tmp_path: Path, appendfsync: str) -> Iterator[RedisServer]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(appendfsync=appendfsync, directory=directory)
     try:
         yield server
     finally:

@@ -8,14 +8,12 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import RedisServer
 from e2e.harness import Pipeline, is_running, pids_under, wait_for
 
-from faults.conftest import aof_server
 from faults.ledger import Ledger, SteadySender, account, retryable
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -52,82 +50,75 @@ def acks_before(ledger: Ledger, moment: float, window: float) -> int:
 AOF_POSTPONED = "Asynchronous AOF fsync is taking too long"
 
 
-@pytest.mark.parametrize("appendfsync", ["everysec", "always"])
+@pytest.mark.parametrize("aof_redis", ["everysec", "always"], indirect=True)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_redis_restarted_mid_send_every_accepted_delivery_arrives_once(
-        tmp_path: Path, make_pipeline: Callable[..., Pipeline], figures: Callable[..., None],
-        sig: signal.Signals, appendfsync: str) -> None:
-    redis = aof_server(tmp_path, appendfsync)
-    redis.start()
-    try:
-        p = make_pipeline(redis)
-        ledger = Ledger(p)
-        with SteadySender(ledger) as sender:
-            sender.wait_acked(30)
-            hold_a_handler_in_flight(p)
-            down = time.monotonic()
-            redis.stop(sig)
-            time.sleep(OUTAGE)
-            redis.start()
-            up = time.monotonic()
-            sender.wait_acked(30, timeout=30)
-        sender.finish()
-        # Redis writes the AOF before it answers; only with everysec, while an fsync has been stuck for
-        # over a second, does it answer first (it logs that). Only then may a SIGKILL cost the writes
-        # acknowledged in the last two seconds; a SIGTERM (it flushes) or `always` never.
-        postponed = AOF_POSTPONED in redis.logfile.read_text(errors="replace")
-        may_lose = acks_before(ledger, down, 2.0) if (sig == signal.SIGKILL and appendfsync == "everysec"
-                                                      and postponed) else 0
-        result = account(ledger, in_flight=1, may_lose=may_lose)
-        figures(**settle_figures(ledger, down=down, up=up, drain_s=result.settled_at - up,
-                                 aof_write_postponed=postponed), **result.figures())
-    finally:
-        redis.stop()
+        aof_redis: RedisServer, make_pipeline: Callable[..., Pipeline], figures: Callable[..., None],
+        sig: signal.Signals) -> None:
+    redis = aof_redis
+    p = make_pipeline(redis)
+    ledger = Ledger(p)
+    with SteadySender(ledger) as sender:
+        sender.wait_acked(30)
+        hold_a_handler_in_flight(p)
+        down = time.monotonic()
+        redis.stop(sig)
+        time.sleep(OUTAGE)
+        redis.start()
+        up = time.monotonic()
+        sender.wait_acked(30, timeout=30)
+    sender.finish()
+    # Redis writes the AOF before it answers; only with everysec, while an fsync has been stuck for
+    # over a second, does it answer first (it logs that). Only then may a SIGKILL cost the writes
+    # acknowledged in the last two seconds; a SIGTERM (it flushes) or `always` never.
+    postponed = AOF_POSTPONED in redis.logfile.read_text(errors="replace")
+    may_lose = acks_before(ledger, down, 2.0) if (sig == signal.SIGKILL and redis.appendfsync == "everysec"
+                                                  and postponed) else 0
+    result = account(ledger, in_flight=1, may_lose=may_lose)
+    figures(**settle_figures(ledger, down=down, up=up, drain_s=result.settled_at - up,
+                             aof_write_postponed=postponed), **result.figures())
 
 
 def test_ingest_and_worker_started_while_redis_is_down_serve_as_soon_as_it_is_up(
-        tmp_path: Path, make_pipeline: Callable[..., Pipeline], figures: Callable[..., None]) -> None:
-    redis = aof_server(tmp_path)
-    try:
-        down = time.monotonic()
-        p = make_pipeline(redis, start=False)
-        ingest = p.start_ingest(2)
-        worker = p.start_worker()
+        down_redis: RedisServer, make_pipeline: Callable[..., Pipeline], figures: Callable[..., None]) -> None:
+    redis = down_redis
+    down = time.monotonic()
+    p = make_pipeline(redis, start=False)
+    ingest = p.start_ingest(2)
+    worker = p.start_worker()
 
-        def alive() -> bool:
-            p.check_alive()
-            try:
-                return p.session.get(f"{p.base_url}/healthz", timeout=1).status_code == 200
-            except OSError:
-                return False
+    def alive() -> bool:
+        p.check_alive()
+        try:
+            return p.session.get(f"{p.base_url}/healthz", timeout=1).status_code == 200
+        except OSError:
+            return False
 
-        wait_for(alive, 30, "ingest /healthz with Redis down", p.explain)
-        ready = p.session.get(f"{p.base_url}/readyz", timeout=5)
-        assert ready.status_code == 503, ready.text
-        ledger = Ledger(p)
-        refused = ledger.new()
-        assert ledger.post(refused) == 503, refused.attempts
+    wait_for(alive, 30, "ingest /healthz with Redis down", p.explain)
+    ready = p.session.get(f"{p.base_url}/readyz", timeout=5)
+    assert ready.status_code == 503, ready.text
+    ledger = Ledger(p)
+    refused = ledger.new()
+    assert ledger.post(refused) == 503, refused.attempts
 
-        # A gunicorn worker replaced while Redis is down (killed, max-requests, timeout) must boot again.
-        victim = min(pids_under(ingest.proc.pid) - {ingest.proc.pid})
-        os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: not is_running(victim), 10, "the killed gunicorn worker to exit")
-        wait_for(lambda: len(pids_under(ingest.proc.pid)) >= 3, 15, "gunicorn to replace its worker", p.explain)
-        time.sleep(1)  # a replacement that cannot boot exits within this, and the master with it
-        assert alive(), p.explain()
-        assert "Traceback" not in worker.tail(200), "a worker waiting for Redis logs a line, not a traceback"
+    # A gunicorn worker replaced while Redis is down (killed, max-requests, timeout) must boot again.
+    victim = min(pids_under(ingest.proc.pid) - {ingest.proc.pid})
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: not is_running(victim), 10, "the killed gunicorn worker to exit")
+    wait_for(lambda: len(pids_under(ingest.proc.pid)) >= 3, 15, "gunicorn to replace its worker", p.explain)
+    time.sleep(1)  # a replacement that cannot boot exits within this, and the master with it
+    assert alive(), p.explain()
+    assert "Traceback" not in worker.tail(200), "a worker waiting for Redis logs a line, not a traceback"
 
-        with SteadySender(ledger) as sender:
-            time.sleep(1)
-            redis.start()
-            up = time.monotonic()
-            sender.wait_acked(30, timeout=30)
-        sender.finish()
-        ledger.send(refused)
-        result = account(ledger)
-        figures(**settle_figures(ledger, down=down, up=up, drain_s=result.settled_at - up), **result.figures())
-    finally:
-        redis.stop()
+    with SteadySender(ledger) as sender:
+        time.sleep(1)
+        redis.start()
+        up = time.monotonic()
+        sender.wait_acked(30, timeout=30)
+    sender.finish()
+    ledger.send(refused)
+    result = account(ledger)
+    figures(**settle_figures(ledger, down=down, up=up, drain_s=result.settled_at - up), **result.figures())
 
 
 @pytest.mark.parametrize("drop", ["idle-timeout", "client-kill"])
