@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import RedisServer
+from conftest import RedisServer, parse_log_lines
 from e2e.harness import Pipeline, Proc, wait_for
 from rq.registry import StartedJobRegistry
 
@@ -36,7 +36,8 @@ def busy_worker(p: Pipeline) -> str:
 
 def send_slow_one(p: Pipeline, ledger: Ledger, delay: float = SLOW_REPLY) -> tuple[str, float]:
     """One delivery whose handler call the sink holds for `delay` s; returns its event id and arrival time."""
-    p.wait_idle()  # else an earlier event's call could take the slow reply
+    # Every earlier event at the sink first: else one of their calls could take the slow reply.
+    p.wait_delivered({i.event_id for i in ledger.acked() if i.event_id})
     p.sink.http.script((200, {}, delay))
     item = ledger.send()
     assert item.event_id is not None
@@ -81,6 +82,11 @@ def test_sigkilled_worker_mid_handler_its_event_arrives_again_within_the_documen
     assert recovered <= bound + 3, f"recovered after {recovered:.1f}s, documented bound {bound:.1f}s"
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "RQ 3.0's work loop runs maintenance before it checks the stop request, and maintenance starts a new "
+    "scheduler because SIGTERM stopped the old one: a scheduler is forked on the way out, and when the exit's "
+    "SIGTERM meets it before its handlers are installed the worker hangs (seen: > 24 s). Worker code (h3's "
+    "part of issue 9); remove this marker with the fix, strict makes the fix fail the run until then."))
 def test_sigterm_mid_handler_finishes_the_call_exits_0_and_delivers_once(
         aof_redis: RedisServer, make_pipeline: Callable[..., Pipeline], figures: Callable[..., None]) -> None:
     p = make_pipeline(aof_redis)
@@ -95,6 +101,10 @@ def test_sigterm_mid_handler_finishes_the_call_exits_0_and_delivers_once(
     code = worker.proc.wait(timeout=SLOW_REPLY + 20)
     stopped = time.monotonic() - stopping
     assert code == 0, worker.tail(40)
+    events = [line.get("event", "") for line in parse_log_lines(worker.log.read_text(errors="replace"))]
+    asked = next(i for i, e in enumerate(events) if "warm shut down requested" in e)
+    restarted = [e for e in events[asked:] if e.startswith("Scheduler for") and "started" in e]
+    assert not restarted, f"a scheduler was started on the way out of a warm shutdown: {restarted}"
 
     p.start_worker("worker-2")
     for _ in range(3):
