@@ -14,6 +14,7 @@ import statistics
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,14 +217,15 @@ class Accounting:
                 "lost": len(self.lost), "extra_arrivals": sum(self.extra_arrivals.values())}
 
 
-def account(ledger: Ledger, *, timeout: float = 60, in_flight: int = 0, may_lose: int = 0,
+def account(ledger: Ledger, *, timeout: float = 60, in_flight: int = 0, may_lose: Collection[str] = (),
             quiet: float = 2.0) -> Accounting:
     """Wait until every accepted delivery is settled (or the pipeline has been idle for `quiet` s),
     then check: each accepted delivery at the sink exactly once or in the dead-letter queue, never both.
 
     `in_flight`: arrivals beyond one allowed in total, for the handler calls in flight when a fault hit
     (their success could not be recorded, so they run again with the same Idempotency-Key).
-    `may_lose`: accepted deliveries Redis itself may have lost (a test must justify any value but 0).
+    `may_lose`: event ids of accepted deliveries Redis itself may have lost (a test must justify each);
+    any other loss fails.
     """
     p = ledger.p
     acked = ledger.acked()
@@ -255,8 +257,9 @@ def account(ledger: Ledger, *, timeout: float = 60, in_flight: int = 0, may_lose
         problems.append(f"{len(never)} valid deliveries never accepted: {never[:3]}")
     if both:
         problems.append(f"{len(both)} both at the sink and dead-lettered: {both[:5]}")
-    if len(lost) > may_lose:
-        problems.append(f"{len(lost)} accepted deliveries lost (allowed {may_lose}): {lost[:5]}")
+    unexplained = [name for name in lost if name not in set(may_lose)]
+    if unexplained:
+        problems.append(f"{len(unexplained)} accepted deliveries lost: {unexplained[:5]}")
     if sum(extra.values()) > in_flight:
         problems.append(f"{sum(extra.values())} arrivals beyond the first (allowed {in_flight}): {extra}")
     if state["dlq_dupes"]:
