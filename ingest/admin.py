@@ -51,8 +51,10 @@ MAX_PAGE = 1000
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body, separators=(",", ":"), ensure_ascii=False), status=status,
-                    mimetype="application/json")
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    # A lone surrogate (JSON allows "\ud800", UTF-8 cannot carry it) can only sit inside a string here, where
+    # backslashreplace writes it back as that same JSON escape.
+    return Response(text.encode("utf-8", "backslashreplace"), status=status, mimetype="application/json")
 
 
 def _refused(status: int, reason: str) -> Response:

@@ -36,7 +36,9 @@ scalars = st.one_of(
 )
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
     st.text(max_size=8), inner, max_size=3), max_leaves=8)
-objects = st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), json_values, max_size=5)
+# Keys too: an unknown field is named in the refusal, so a lone surrogate ("\ud800", valid JSON) is echoed back.
+keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=8), st.sampled_from(["\ud800", "a\udfff", "\x00"]))
+objects = st.dictionaries(keys, json_values, max_size=5)
 
 
 @st.composite
@@ -108,6 +110,7 @@ def test_random_list_queries_are_never_a_5xx(query: dict[str, str], admin: tuple
     b'{"since":1' + b"0" * 5000 + b"}",  # past Python's 4300-digit integer limit
     b'{"until":1e400}',  # parses to inf
     b'{"since":"' + b"9" * 400 + b'w"}',  # a relative age that overflows
+    b'{"\\ud800":1}',  # an unknown field UTF-8 cannot encode, named in the refusal
 ])
 def test_hostile_numbers_and_nesting_in_a_bulk_replay_are_400_with_a_reason(body: bytes,
                                                                              admin: tuple[Any, list[str]]) -> None:

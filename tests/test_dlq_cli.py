@@ -232,7 +232,8 @@ def test_list_of_an_empty_queue_says_so(env: Env, capsys) -> None:
 @pytest.mark.parametrize(
     "args",
     [["--since", "yesterday"], ["--since", "1h", "--until", "2h"], ["--stage", "bogus"], ["--handler", ""],
-     ["--limit", "-1"]],
+     ["--limit", "-1"],
+     ["--since", "9" * 30 + "w"], ["--until", "0001-01-01T00:00:00+14:00"]],  # times no date can show
 )
 def test_list_bad_filter_exits_2_with_a_reason(env: Env, capsys, args: list[str]) -> None:
     try:
