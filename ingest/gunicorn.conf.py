@@ -34,14 +34,15 @@ bind = [os.environ.get("HOOKLANE_BIND") or f"0.0.0.0:{os.environ.get('PORT') or 
 
 # ingest.gunicorn_worker.BufferingWorker: gunicorn's sync worker (one request at a time per process,
 # no threads) with each request read whole by an event loop before the app runs, so a slow client
-# (headers or body at a byte a second) holds nothing but a buffer, and is answered 408 after
+# (head or body at a byte a second) holds a buffer, not the worker, and gets 408 after
 # [ingest] request_read_timeout_seconds. Chosen by measurement (bench/ingest-slow-clients and
-# bench/ingest, docs/benchmarks.md): with plain sync, 2 x workers trickling clients stopped every
-# worker for 30 s; gthread kept answering only while it had a free thread (each trickler held one,
-# headers included, with no deadline), and its p99 was twice sync's. This worker served /healthz
-# and deliveries in about a millisecond through 2 x workers (and 200) tricklers, at sync's
-# throughput and p99. An ingest request is CPU-bound (HMAC, envelope, one JSON log line) around one
-# short Redis round trip, so threads would mostly add GIL hand-offs.
+# bench/ingest, docs/benchmarks.md): with sync, 2 x workers trickling clients stopped every worker
+# until gunicorn killed it (30 s); gthread answered only while a worker had a free thread (each
+# trickler held one, head or body, with no deadline: 8 tricklers stopped 2 workers x 4 threads) and
+# its p99 was twice sync's. This worker answered /healthz and deliveries in 2-3 ms (median) through
+# 2 x workers and through 200 tricklers, and in interleaved A/B rounds against sync it served as
+# many deliveries/s for the same CPU per request. An ingest request is CPU-bound (HMAC, envelope,
+# one JSON log line) around one short Redis round trip, so threads would mostly add GIL hand-offs.
 worker_class = "ingest.gunicorn_worker.BufferingWorker"
 
 

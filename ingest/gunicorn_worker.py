@@ -29,6 +29,7 @@ import errno
 import json
 import os
 import re
+import resource
 import selectors
 import socket
 import time
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gunicorn.http.body import ChunkedReader, LengthReader
-from gunicorn.http.errors import NoMoreData
+from gunicorn.http.errors import NoMoreData, ParseException
 from gunicorn.http.message import Request
 from gunicorn.http.unreader import Unreader
 from gunicorn.workers.sync import SyncWorker
@@ -52,6 +53,7 @@ _RECV = 65536
 _LINGER_SECONDS = 2.0
 _LINGER_MAX_BYTES = 65536
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
+_MAX_TRAILERS = 8190 * 32  # gunicorn's bound on a trailer section
 # A chunked body's size lines and trailers cost bytes beyond the data they frame; past this many
 # bytes per allowed body byte (plus a head's worth), the body is handed over to be refused.
 _CHUNKED_OVERHEAD = 4
@@ -76,13 +78,14 @@ class _ChunkedEnd:
     reads it. Anything this cannot follow counts as ready, so that the reader reports it.
     """
 
-    __slots__ = ("decoded", "limit", "pos", "in_trailers", "found")
+    __slots__ = ("decoded", "limit", "pos", "in_trailers", "scanned", "found")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.pos = 0  # start of the next size line (or of the trailers)
         self.decoded = 0
         self.in_trailers = False
+        self.scanned = 0  # trailer bytes already searched for their end
         self.found = False  # the whole body is buffered
 
     def ready(self, buf: bytearray) -> bool:
@@ -110,13 +113,15 @@ class _ChunkedEnd:
         # Trailers: none ("\r\n" right away) or header lines up to a blank line.
         if len(buf) - self.pos < 2:
             return False
-        self.found = buf[self.pos:self.pos + 2] == b"\r\n" or buf.find(b"\r\n\r\n", self.pos) >= 0
-        return self.found
+        start = max(self.pos, self.scanned - 3)  # each byte searched once, however slowly the trailers come
+        self.scanned = len(buf)
+        self.found = buf[self.pos:self.pos + 2] == b"\r\n" or buf.find(b"\r\n\r\n", start) >= 0
+        return self.found or len(buf) - self.pos > _MAX_TRAILERS
 
 
 class _Conn:
-    __slots__ = ("sock", "addr", "listener", "deadline", "buf", "req", "body_done", "body_whole", "lingering",
-                 "drained")
+    __slots__ = ("sock", "addr", "listener", "deadline", "buf", "scanned", "head_seen", "req", "body_done",
+                 "body_whole", "lingering", "drained")
 
     def __init__(self, sock: socket.socket, addr: Any, listener: socket.socket, deadline: float) -> None:
         self.sock = sock
@@ -124,6 +129,8 @@ class _Conn:
         self.listener = listener
         self.deadline = deadline
         self.buf = bytearray()  # the head until it is parsed, then the body
+        self.scanned = 0  # head bytes already searched for the blank line that ends it
+        self.head_seen = False
         self.req: Request | None = None
         # Ready for the app: a function of the buffered body, set once the head is parsed.
         self.body_done: Callable[[bytearray], bool] | None = None
@@ -156,7 +163,11 @@ class BufferingWorker(SyncWorker):
         # Past this, a head is refused by gunicorn's parser: hand it over to be refused.
         self.max_head = (self.cfg.limit_request_line + 4
                          + max(self.cfg.limit_request_fields, 1) * (self.cfg.limit_request_field_size + 2))
-        self.max_conns = max(1, self.cfg.worker_connections)
+        # Each connection is a file descriptor: stay clear of the process's limit, or accept() would fail.
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if fd_limit == resource.RLIM_INFINITY:
+            fd_limit = self.cfg.worker_connections + 64
+        self.max_conns = max(1, min(self.cfg.worker_connections, fd_limit - 64))
         self.selector = selectors.DefaultSelector()
         # By accept time, so by deadline: the first entry is always the next to expire.
         self.waiting: dict[int, _Conn] = {}
@@ -217,7 +228,9 @@ class BufferingWorker(SyncWorker):
             conn = next(iter(self.waiting.values()))
             if conn.deadline > now:
                 break
-            self._time_out(conn)
+            self._read(conn)  # what arrived while the app ran for someone else counts: if complete, it is served
+            if self.waiting.get(conn.sock.fileno()) is conn:
+                self._time_out(conn)
         while self.lingering:
             conn = next(iter(self.lingering.values()))
             if conn.deadline > now:
@@ -256,7 +269,7 @@ class BufferingWorker(SyncWorker):
             return
         try:
             ready = self._ready(conn) or eof
-        except Exception as exc:  # a head gunicorn refuses: answer it as sync would  # noqa: BLE001
+        except ParseException as exc:  # a head gunicorn refuses: answered as sync would (400, 414, 431, ...)
             self._forget(conn)
             self._respond(conn, error=exc)
             return
@@ -270,8 +283,12 @@ class BufferingWorker(SyncWorker):
     def _ready(self, conn: _Conn) -> bool:
         """Whether the request can go to the app: complete, or certain to be refused whatever follows."""
         if conn.req is None:
-            if conn.buf.find(b"\r\n\r\n") < 0 and conn.buf.find(b"\n\n") < 0:
-                return len(conn.buf) > self.max_head
+            if not conn.head_seen:
+                start = max(0, conn.scanned - 3)  # each byte searched once, however slowly the head comes
+                conn.scanned = len(conn.buf)
+                if conn.buf.find(b"\r\n\r\n", start) < 0 and conn.buf.find(b"\n\n", start) < 0:
+                    return len(conn.buf) > self.max_head
+                conn.head_seen = True
             received = _Received(bytes(conn.buf))
             try:
                 req = Request(self.cfg, received, conn.addr)
@@ -334,12 +351,11 @@ class BufferingWorker(SyncWorker):
 
     def _time_out(self, conn: _Conn) -> None:
         self._forget(conn)
-        received = len(conn.buf) + (1 if conn.req is not None else 0)
-        if received:
+        if conn.req is not None or conn.buf:  # a connection that sent nothing is closed without a word
             hl_logging.clear()  # no line of this connection may carry an earlier request's ids
             log.warning("request.timeout", status=408, head_received=conn.req is not None,
                         body_bytes=len(conn.buf) if conn.req is not None else 0,
-                        seconds=self.read_timeout, client=_peer(conn.addr))
+                        seconds=self.read_timeout, client_ip=_peer(conn.addr))
             with contextlib.suppress(OSError):  # gone or not reading: the close below is all that is left
                 conn.sock.send(self.answer_408)
         self._linger(conn)

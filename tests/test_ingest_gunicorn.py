@@ -25,7 +25,10 @@ from typing import Any
 
 import pytest
 from conftest import TEST_ENV, RedisServer, free_port, parse_log_lines
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ingest.gunicorn_worker import _ChunkedEnd
 from shared.providers import PROVIDERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,6 +225,27 @@ def test_valid_chunked_delivery_sent_in_pieces_is_accepted(ingest: Ingest, step:
     assert (status, answer["reason"]) == (200, "queued")
 
 
+def test_content_length_over_the_limit_is_413_without_waiting_for_the_body(ingest: Ingest) -> None:
+    started = time.monotonic()
+    with ingest.connect() as sock:
+        sock.sendall(b"POST /webhooks/vr HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1))
+        status, answer = read_answer(sock)
+    assert (status, answer["reason"]) == (413, "request entity too large")
+    assert time.monotonic() - started < READ_TIMEOUT
+
+
+def test_a_head_over_gunicorns_limits_is_refused_by_gunicorn(ingest: Ingest) -> None:
+    status, _ = exchange(ingest, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+    assert status == 431
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_deadline_without_an_answer(ingest: Ingest) -> None:
+    started = time.monotonic()
+    with ingest.connect() as sock:
+        assert sock.recv(100) == b""
+    assert READ_TIMEOUT - 0.1 <= time.monotonic() - started <= READ_TIMEOUT + 1.5
+
+
 def test_expect_100_continue_gets_its_interim_answer_before_the_body_is_sent(ingest: Ingest) -> None:
     request = delivery_request()
     head, _, body = request.partition(b"\r\n\r\n")
@@ -290,10 +314,13 @@ def test_clients_trickling_a_request_hold_nothing_and_get_408_after_the_read_tim
     tricklers = Tricklers(ingest, request, prefix, 2 * WORKERS)
     try:
         time.sleep(0.3)  # every trickler accepted and holding whatever it can hold
-        # The issue's bound: a functional one (sync took 30 s here), generous on purpose for a busy CI machine.
-        health, delivery = timed(ingest, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), timed(ingest, request)
-        assert health[0] == 200 and health[1] < 100, health
-        assert delivery[0] == 200 and delivery[1] < 100, delivery
+        # The issue's bound, a functional one (sync took 30 s here): the median of three probes each, so that
+        # one scheduling hiccup on a busy CI machine is not taken for the fault.
+        health = [timed(ingest, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") for _ in range(3)]
+        deliveries = [timed(ingest, request) for _ in range(3)]
+        for probes in (health, deliveries):
+            assert [status for status, _ in probes] == [200] * 3, probes
+            assert sorted(ms for _, ms in probes)[1] < 100, probes
         answers = tricklers.answers()
     finally:
         tricklers.close()
@@ -303,3 +330,27 @@ def test_clients_trickling_a_request_hold_nothing_and_get_408_after_the_read_tim
     assert len(timeouts) == 2 * WORKERS
     assert all(ln["level"] == "warning" and ln["status"] == 408 for ln in timeouts)
     assert timeouts[0]["head_received"] is (part == "body")
+
+
+# --------------------------------------------------------------------------- where a chunked body ends
+
+
+@st.composite
+def chunked_bodies(draw: st.DrawFn) -> bytes:
+    chunks = draw(st.lists(st.binary(min_size=1, max_size=40), max_size=6))
+    ext = draw(st.sampled_from([b"", b";a=1", b' ; name="q \\" v"']))
+    trailers = draw(st.sampled_from([b"", b"X-T: 1\r\n", b"A: b\r\nC: d\r\n"]))
+    return b"".join(b"%x%s\r\n%s\r\n" % (len(c), ext, c) for c in chunks) + b"0\r\n" + trailers + b"\r\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=chunked_bodies(), data=st.data())
+def test_a_valid_chunked_body_is_complete_at_its_last_byte_and_not_before(body: bytes, data: st.DataObject) -> None:
+    # Fed as it would arrive, in pieces of any size: the worker must neither wait past the end nor start early.
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(body) - 1), max_size=8)))
+    end = _ChunkedEnd(limit=MAX_BODY)
+    buf = bytearray()
+    for cut in [*cuts, len(body)]:
+        buf += body[len(buf):cut]
+        assert end.ready(buf) is (cut == len(body)), (body, cut)
+    assert end.found

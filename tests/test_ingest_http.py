@@ -19,6 +19,13 @@ import pytest
 import redis
 from conftest import BASE_CONFIG, TEST_ENV, free_port, parse_log_lines
 from flask import Flask
+from gunicorn.http.errors import (
+    ChunkMissingTerminator,
+    InvalidChunkExtension,
+    InvalidChunkSize,
+    InvalidHeader,
+    NoMoreData,
+)
 from werkzeug.test import TestResponse
 
 from ingest.app import create_app
@@ -541,6 +548,36 @@ def test_chunked_body_within_the_limit_is_accepted(make_client: Callable[..., Cl
                        input_stream=io.BytesIO(BODY), environ_overrides={"wsgi.input_terminated": True})
     assert resp.status_code == 200
     assert Delivery.from_dict(envelope(fake_redis, resp.get_json()["id"])).body == BODY
+
+
+class _BrokenChunks(io.BytesIO):
+    """A chunked wsgi.input whose framing is broken, as gunicorn's reader reports it when read."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise self.exc
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (InvalidChunkSize(b"zz"), "malformed chunked body: invalid chunk size"),
+    (ChunkMissingTerminator(b"XY"), "malformed chunked body: chunk data not followed by CRLF"),
+    (InvalidChunkExtension("bad"), "malformed chunked body: invalid chunk extension"),
+    (InvalidHeader("bare LF as line terminator"), "malformed chunked body: invalid trailer"),
+    (NoMoreData(b""), "incomplete body: the input ended inside a chunk"),
+])
+def test_broken_chunked_framing_is_400_with_its_reason_and_one_warning(
+    make_client: Callable[..., Client], logs: Logs, fake_redis: redis.Redis, exc: Exception, reason: str,
+) -> None:
+    client = make_client()
+    resp = client.post("/webhooks/vr", headers={**sign("vr", BODY), "Transfer-Encoding": "chunked"},
+                       input_stream=_BrokenChunks(exc), environ_overrides={"wsgi.input_terminated": True})
+    assert_refused(resp, 400, reason)
+    lines = [(ln["event"], ln["level"], ln["reason"]) for ln in logs.lines()]
+    assert lines == [("delivery.refused", "warning", reason)]  # one line, no traceback
+    assert_nothing_queued(fake_redis)
 
 
 # --------------------------------------------------------------------------- 503
