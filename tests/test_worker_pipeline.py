@@ -257,14 +257,15 @@ def call_started(call_id: str) -> bytes:
 
 
 @pytest.mark.parametrize("call_id", ["日本-1", "📞-2", "line\r\nX-Injected: 1"])
-def test_an_event_whose_id_is_not_ascii_reaches_the_http_downstream_once(make_config, redis_server, real_redis,
-                                                                        http_sink, call_id):
+def test_an_event_whose_id_is_not_ascii_reaches_the_http_downstream_once_with_one_key(make_config, redis_server,
+                                                                                     real_redis, http_sink, call_id):
     cfg = make_config(HTTP_CONFIG.format(url=http_sink.url), redis_url=redis_server.url)
+    http_sink.script((503, {}, 0.0))  # the first attempt fails: the retry must carry the same key
     enqueue_raw(cfg, real_redis, call_started(call_id))
-    drain(cfg, real_redis)
-    [req] = http_sink.requests
-    assert req.event["id"] == f"vk:call_started:{call_id}"
-    assert unquote(req.key) == req.event["id"]
+    drain(cfg, real_redis, until=lambda: len(http_sink.delivered()) == 1)
+    failed, delivered = http_sink.requests
+    assert delivered.event["id"] == f"vk:call_started:{call_id}"
+    assert failed.key == delivered.key and unquote(delivered.key) == delivered.event["id"]
     assert deadletters.count(real_redis, cfg) == 0
 
 

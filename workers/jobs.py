@@ -65,7 +65,7 @@ def normalize(delivery: Delivery) -> Event:
     provider = PROVIDERS.get(delivery.provider)
     if provider is None:
         raise NormalizeFailed(f"unknown provider {delivery.provider!r}")
-    payload = parse_body(delivery.body)
+    payload = _parse_body(delivery.body)
     try:
         event = provider.normalize(payload, delivery)
     except Exception as exc:  # noqa: BLE001 - any normalizer failure is permanent for this body; replay after a fix
@@ -80,9 +80,10 @@ def normalize(delivery: Delivery) -> Event:
     return event
 
 
-def parse_body(body: bytes) -> Any:
+def _parse_body(body: bytes) -> Any:
     try:
-        payload = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        # What json.loads(bytes) does, with one decoder built once rather than one per call.
+        payload = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except RecursionError as exc:
         raise NormalizeFailed(f"body nests deeper than {MAX_DEPTH} levels") from exc
     except _NotPortable as exc:
@@ -110,6 +111,9 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise _NotPortable(f"number {text[:40]} overflows a double")
     return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _depth(value: Any) -> int:
