@@ -104,7 +104,7 @@ _CHUNKED_ERRORS: dict[type[Exception], str] = {
     InvalidChunkSize: "malformed chunked body: invalid chunk size",
     ChunkMissingTerminator: "malformed chunked body: chunk data not followed by CRLF",
     InvalidChunkExtension: "malformed chunked body: invalid chunk extension",
-    NoMoreData: "incomplete body: the input ended inside a chunk",
+    NoMoreData: "incomplete body: the input ended before the last chunk",
 }
 
 
@@ -188,7 +188,7 @@ def create_app(
         try:
             body = _read_body(environ, max_body)
         except BodyError as exc:
-            log.warning("delivery.refused", status=400, reason=exc.reason)
+            log.warning("delivery.refused", status=400, reason=exc.reason, source=src.name)
             return _answer(400, exc.reason)
         headers = _EnvironHeaders(environ)
         remote_addr = environ.get("REMOTE_ADDR") or ""

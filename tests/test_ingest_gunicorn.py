@@ -167,7 +167,7 @@ MALFORMED = {
     "empty size line": (b"\r\nabc\r\n0\r\n\r\n", "malformed chunked body: invalid chunk size"),
     # More than any body ingest takes, announced by a client that then keeps its connection open.
     "size ffffffffffffffff": (b"ffffffffffffffff\r\nabc\r\n0\r\n\r\n",
-                              "incomplete body: the input ended inside a chunk"),
+                              "incomplete body: the input ended before the last chunk"),
     "bad chunk terminator": (b"3\r\nabcXY0\r\n\r\n", "malformed chunked body: chunk data not followed by CRLF"),
     "bad trailer": (b"3\r\nabc\r\n0\r\nno colon here\r\n\r\n", "malformed chunked body: invalid trailer"),
     "bad chunk extension": (b"3;=x\r\nabc\r\n0\r\n\r\n", "malformed chunked body: invalid chunk extension"),
@@ -188,7 +188,7 @@ def test_malformed_chunked_body_is_400_with_its_reason_and_one_warning_line(inge
 def test_chunked_body_ending_mid_chunk_is_400(ingest: Ingest) -> None:
     offset = ingest.log_offset()
     status, answer = exchange(ingest, chunked_request(b"a\r\nabc"), half_close=True)
-    reason = "incomplete body: the input ended inside a chunk"
+    reason = "incomplete body: the input ended before the last chunk"
     assert (status, answer) == (400, {"status": "refused", "reason": reason})
     assert_one_warning(ingest.lines_since(offset), reason)
 

@@ -566,7 +566,7 @@ class _BrokenChunks(io.BytesIO):
     (ChunkMissingTerminator(b"XY"), "malformed chunked body: chunk data not followed by CRLF"),
     (InvalidChunkExtension("bad"), "malformed chunked body: invalid chunk extension"),
     (InvalidHeader("bare LF as line terminator"), "malformed chunked body: invalid trailer"),
-    (NoMoreData(b""), "incomplete body: the input ended inside a chunk"),
+    (NoMoreData(b""), "incomplete body: the input ended before the last chunk"),
 ])
 def test_broken_chunked_framing_is_400_with_its_reason_and_one_warning(
     make_client: Callable[..., Client], logs: Logs, fake_redis: redis.Redis, exc: Exception, reason: str,
