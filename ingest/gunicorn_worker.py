@@ -42,10 +42,10 @@ from gunicorn.http.message import Request
 from gunicorn.http.unreader import Unreader
 from gunicorn.workers.sync import SyncWorker
 
-from shared import config as hl_config
-from shared import logging as hl_logging
+from hooklane.shared import config as hl_config
+from hooklane.shared import logs
 
-log = hl_logging.get_logger("hooklane.ingest")
+log = logs.get_logger("hooklane.ingest")
 
 _RECV = 65536
 # How long a closed connection's remaining input is read and dropped, so that unread input does not
@@ -352,7 +352,7 @@ class BufferingWorker(SyncWorker):
     def _time_out(self, conn: _Conn) -> None:
         self._forget(conn)
         if conn.req is not None or conn.buf:  # a connection that sent nothing is closed without a word
-            hl_logging.clear()  # no line of this connection may carry an earlier request's ids
+            logs.clear()  # no line of this connection may carry an earlier request's ids
             log.warning("request.timeout", status=408, head_received=conn.req is not None,
                         body_bytes=len(conn.buf) if conn.req is not None else 0,
                         seconds=self.read_timeout, client_ip=_peer(conn.addr))

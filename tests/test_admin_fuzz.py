@@ -17,9 +17,9 @@ from conftest import add_dead_letter
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ingest.app import create_app
-from shared.config import Config
-from shared.operator import FILTER_FIELDS
+from hooklane.ingest.app import create_app
+from hooklane.operators.actions import FILTER_FIELDS
+from hooklane.shared.config import Config
 
 TOKEN = "adm-fuzz-5b8e2c7d1a9f3e60"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

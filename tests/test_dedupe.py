@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.dedupe import DUPLICATE, NEW, RESUME, Deduper, seen_key
+from hooklane.workers.dedupe import DUPLICATE, NEW, RESUME, Deduper, seen_key
 
 pytestmark = pytest.mark.redis
 

@@ -28,8 +28,8 @@ from conftest import TEST_ENV, RedisServer, free_port, parse_log_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.gunicorn_worker import _ChunkedEnd
-from shared.providers import PROVIDERS
+from hooklane.ingest.gunicorn_worker import _ChunkedEnd
+from hooklane.shared.providers import PROVIDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
@@ -92,7 +92,7 @@ def ingest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
         log = tmp / "gunicorn.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingest" / "gunicorn.conf.py"),
-                                     "ingest.wsgi:app"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                     "hooklane.ingest.wsgi:app"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         try:
             server = Ingest(port, log)
             _wait_until_serving(server, proc)

@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from shared.envelope import Delivery
-from shared.jobs import SERIALIZER
-from shared.providers import PROVIDERS
-from workers.dedupe import Deduper
-from workers.errors import NormalizeFailed
-from workers.handlers.http import header_value
-from workers.jobs import normalize
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.queueing import SERIALIZER
+from hooklane.workers.dedupe import Deduper
+from hooklane.workers.errors import NormalizeFailed
+from hooklane.workers.handlers.http import header_value
+from hooklane.workers.jobs import normalize
 
 pytestmark = pytest.mark.redis
 

@@ -17,14 +17,15 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from support import handlers as th
 
-from ingest.app import create_app
-from shared import deadletters, operator
-from shared.config import Config
-from shared.envelope import Delivery, utc_now_iso
-from shared.jobs import SERIALIZER, enqueue_delivery
-from shared.providers import volumereach
-from workers import runtime
-from workers.main import build_worker
+from hooklane.ingest.app import create_app
+from hooklane.operators import actions
+from hooklane.shared import deadletters
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import Delivery, utc_now_iso
+from hooklane.shared.providers import volumereach
+from hooklane.shared.queueing import SERIALIZER, enqueue_delivery
+from hooklane.workers import runtime
+from hooklane.workers.main import build_worker
 
 pytestmark = pytest.mark.redis
 
@@ -184,7 +185,7 @@ def test_retries_wait_in_rq_scheduled_registry_between_attempts(cfg, real_redis)
     registry = ScheduledJobRegistry(queue=queue)
     [job_id] = registry.get_job_ids()
     job = queue.fetch_job(job_id)
-    assert job.func_name == "workers.jobs.run_handler"
+    assert job.func_name == "hooklane.workers.jobs.run_handler"
     assert job.meta["attempts"][0]["error_class"] == "TransientError"
     assert job.retries_left == 1  # max_attempts 3: the inline attempt, this job, one retry
 
@@ -205,9 +206,9 @@ def test_an_event_no_route_matches_is_counted_not_failed(make_config, redis_serv
     drain(cfg, real_redis)
     assert th.CALLS == []
     assert deadletters.count(real_redis, cfg) == 0
-    from shared import stats
+    from hooklane.shared import counters
 
-    assert stats.recent(real_redis, "hooklane", "unrouted") == 1
+    assert counters.recent(real_redis, "hooklane", "unrouted") == 1
 
 
 def test_a_replayed_handler_dead_letter_runs_only_that_handler_with_history_kept(cfg, real_redis):
@@ -324,7 +325,7 @@ def test_a_purged_dead_letter_leaves_rqs_failed_registry_too(cfg, real_redis):
     drain(cfg, real_redis)
     [entry] = deadletters.list_entries(real_redis, cfg)
     assert failed_registry(real_redis).get_job_ids() == [entry["id"]]
-    assert operator.purge_many(real_redis, cfg, [entry["id"]]).counts == {operator.PURGED: 1}
+    assert actions.purge_many(real_redis, cfg, [entry["id"]]).counts == {actions.PURGED: 1}
     assert failed_registry(real_redis).count == 0
     assert not Job.exists(entry["id"], connection=real_redis)
 
@@ -335,7 +336,7 @@ def test_a_dead_letter_requeued_with_rqs_tools_is_its_replay_and_dlq_replay_then
     drain(cfg, real_redis)
     assert len(calls("second")) == 1
     assert deadletters.count(real_redis, cfg) == 0, "the requeue took the dead letter"
-    assert operator.replay_one(real_redis, cfg, entry["id"])["status"] == operator.NOT_FOUND
+    assert actions.replay_one(real_redis, cfg, entry["id"])["status"] == actions.NOT_FOUND
     drain(cfg, real_redis)
     assert len(calls("second")) == 1, "delivered once, not once per tool"
 

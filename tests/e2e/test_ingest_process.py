@@ -22,7 +22,7 @@ import requests
 from conftest import TEST_ENV, RedisServer, free_port, parse_log_lines
 
 from e2e.harness import HOOKLANE, Proc, base_env, start_process, wait_for
-from shared.providers import volumereach
+from hooklane.shared.providers import volumereach
 
 pytestmark = pytest.mark.e2e
 

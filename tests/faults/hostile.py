@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from faults.ledger import Ledger, Sent
-from shared import sending
+from hooklane.operators import sending
 
 # Size lines a chunked body must never be answered 500 for (issue 9, item 5), and their neighbours.
 BAD_SIZE_LINES = [b"zz", b"-5", b"3 4", b"", b"ffffffffffffffff", b"0x5", b"+5", b" 5", b"5 ", b"5;\x00",

@@ -22,7 +22,8 @@ import pytest
 import requests
 from e2e.harness import Pipeline, event_id
 
-from shared import deadletters, sending
+from hooklane.operators import sending
+from hooklane.shared import deadletters
 
 # A refused attempt: the HTTP status, or the name of the exception when nothing answered (ingest down).
 Answer = int | str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from shared.config import HandlerConfig
+from hooklane.shared.config import HandlerConfig
 
 
 class PythonHandler:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from shared.cli.common import load_config
+from hooklane.operators.cli.common import load_config
 
 GUNICORN_CONF = Path(__file__).resolve().parents[2] / "ingest" / "gunicorn.conf.py"
 
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def ingest_argv(args: argparse.Namespace) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "ingest.wsgi:app"]
+    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "hooklane.ingest.wsgi:app"]
 
 
 def ingest(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def ingest(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from workers.main import run
+    from hooklane.workers.main import run
 
     config = load_config(args)
     ok = run(config, burst=args.burst, with_scheduler=not args.no_scheduler, name=args.name,

@@ -15,8 +15,8 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from redis import Redis
 
-from shared.config import Config
-from shared.queue_metrics import build_registry
+from hooklane.shared.config import Config
+from hooklane.shared.queue_metrics import build_registry
 
 DELIVERIES = Counter("hooklane_ingest_deliveries_total", "Deliveries answered, by source and HTTP status",
                      ["source", "status"])
