@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -69,26 +70,36 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A private redis-server process; `stop()` / `start()` simulate an outage."""
+    """A private redis-server process; `stop()` / `start()` simulate an outage.
 
-    def __init__(self) -> None:
+    `appendfsync` ("everysec" or "always") turns the append-only file on, as docs/operations.md asks of
+    production, so a restart keeps what Redis acknowledged; without it a restart starts empty.
+    """
+
+    def __init__(self, appendfsync: str | None = None, directory: str | os.PathLike[str] | None = None) -> None:
         binary = find_redis_server()
         if binary is None:
             pytest.fail("no redis-server: the real-Redis tests need the system's or the embedded-redis extra's "
                         "(`make test` installs the extra when the system has none)")
         self.binary = binary
-        self.dir = tempfile.mkdtemp(prefix="hooklane-redis-")
+        self.appendfsync = appendfsync
+        self.dir = str(directory) if directory is not None else tempfile.mkdtemp(prefix="hooklane-redis-")
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def logfile(self) -> Path:
+        return Path(self.dir) / "redis.log"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        aof = ["--appendonly", "yes", "--appendfsync", self.appendfsync] if self.appendfsync else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
+             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning", "--logfile", str(self.logfile)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -101,9 +112,10 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError(f"private redis-server did not start on port {self.port}")
 
-    def stop(self) -> None:
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """SIGTERM: Redis's own shutdown (the AOF is flushed); SIGKILL: a crash, only what it wrote survives."""
         if self.proc is not None:
-            self.proc.terminate()
+            self.proc.send_signal(sig)
             self.proc.wait(timeout=10)
             self.proc = None
 

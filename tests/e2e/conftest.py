@@ -13,23 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from http_sink import HttpSink
 
-from e2e.harness import (
-    CONFIG,
-    HOOKLANE,
-    ROOT,
-    SINK_MAX_ATTEMPTS,
-    Pipeline,
-    Proc,
-    Sink,
-    base_env,
-    start_process,
-    wait_for,
-)
-from hooklane.operators.cli.dev import free_port
-from hooklane.shared import config as config_mod
+from e2e.harness import ROOT, Pipeline, Sink, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -58,30 +44,11 @@ def root_conftest(pytestconfig: pytest.Config) -> Any:
 
 @pytest.fixture(scope="session")
 def pipeline(private_redis: Any, sink: Sink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    workdir = tmp_path_factory.mktemp("e2e")
-    config_path = workdir / "hooklane.toml"
-    config_path.write_text(CONFIG.format(redis_url=private_redis.url, sink_port=sink.port,
-                                         max_attempts=SINK_MAX_ATTEMPTS), encoding="utf-8")
-    env = base_env(HOOKLANE_CONFIG=str(config_path))
-    config = config_mod.load(config_path, env=env)
-    port = free_port()
-    procs: list[Proc] = []
-    client = private_redis.client()
+    p = Pipeline.configure(private_redis.url, sink, tmp_path_factory.mktemp("e2e"))
     try:
-        procs.append(start_process("ingest", [*HOOKLANE, "ingest", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
-                                   env, workdir))
-        procs.append(start_process("worker", [*HOOKLANE, "worker"], env, workdir))
-        p = Pipeline(base_url=f"http://127.0.0.1:{port}", config=config, config_path=config_path, redis=client,
-                     sink=sink, env=env, procs=procs)
-
-        def ready() -> bool:
-            p.check_alive()
-            try:
-                return p.session.get(f"{p.base_url}/readyz", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(ready, 30, "ingest /readyz", p.explain)
+        p.start_ingest()
+        p.start_worker("worker")
+        p.wait_ready()
         # Ready means a probe went all the way through: ingest, Redis, the worker, the handler, the sink.
         probe = p.build("volumereach", seq=0, run="probe")
         resp = p.deliver("volumereach", probe)
@@ -89,7 +56,4 @@ def pipeline(private_redis: Any, sink: Sink, tmp_path_factory: pytest.TempPathFa
         wait_for(lambda: p.check_alive() or sink.delivered(), 30, "the probe event at the sink", p.explain)
         yield p
     finally:
-        # Intake first, then the worker (it finishes its job), each by its own PID.
-        for proc in procs:
-            proc.stop()
-        client.close()
+        p.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,8 +20,12 @@ from http_sink import HttpSink, SinkRequest
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
 from hooklane.operators import sending
+from hooklane.operators.cli.dev import free_port
+from hooklane.shared import config as config_mod
 from hooklane.shared import counters
 from hooklane.shared.config import Config
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers import PROVIDERS
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_HOOKLANE = Path(sys.executable).with_name("hooklane")
@@ -46,17 +51,21 @@ E2E_ENV = {
 
 SINK_MAX_ATTEMPTS = 3
 
+# Short waits so retries, abandoned-job recovery and dead letters happen within a test's time.
+E2E_WORKER: dict[str, Any] = {
+    "backoff_base_seconds": 0.5,
+    "backoff_multiplier": 1,
+    "backoff_cap_seconds": 1,
+    "job_timeout_seconds": 10,
+    "abandoned_grace_seconds": 5,
+    "maintenance_interval_seconds": 2,
+}
+
 CONFIG = """
 [redis]
 url = "{redis_url}"
 
-[worker]
-backoff_base_seconds = 0.5
-backoff_multiplier = 1
-backoff_cap_seconds = 1
-job_timeout_seconds = 10
-abandoned_grace_seconds = 5
-maintenance_interval_seconds = 2
+{tables}
 
 [[sources]]
 name = "volumereach"
@@ -131,13 +140,27 @@ allow_ips = ["10.0.0.0/8"]
 [handlers.sink]
 type = "http"
 url = "http://127.0.0.1:{sink_port}/events"
-timeout_seconds = 5
-max_attempts = {max_attempts}
+{handler}
 
 [[routes]]
 events = ["*"]
 handlers = ["sink"]
 """
+
+
+
+
+def render_config(redis_url: str, sink_port: int, *, worker: dict[str, Any] = E2E_WORKER,
+                  ingest: dict[str, Any] | None = None, handler: dict[str, Any] | None = None) -> str:
+    """CONFIG for this Redis and sink, its [worker], [ingest] and sink handler settings given as values."""
+    handler = {"timeout_seconds": 5, "max_attempts": SINK_MAX_ATTEMPTS, **(handler or {})}
+    tables = f"[worker]\n{_toml(worker)}\n\n[ingest]\n{_toml(ingest or {})}"
+    return CONFIG.format(redis_url=redis_url, sink_port=sink_port, tables=tables, handler=_toml(handler))
+
+
+def _toml(values: dict[str, Any]) -> str:
+    # Numbers, strings and lists of them: their JSON spelling is also TOML.
+    return "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
 
 
 # --------------------------------------------------------------------------- polling
@@ -153,6 +176,34 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, explain: C
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{explain()}")
         time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- events
+
+
+def predicted(source: str, wire: sending.WireDelivery, received_at: str = "2026-01-01T00:00:00.000000Z",
+              delivery_id: str | None = None) -> dict[str, Any]:
+    """The canonical event the provider's normalizer makes of exactly these bytes."""
+    provider = PROVIDERS[source_provider(source)]
+    delivery = Delivery(id="e2e", source=source, provider=provider.name, received_at=received_at, body=wire.body,
+                        delivery_id=delivery_id)
+    return provider.normalize_payload(payload_of(source, wire), delivery).to_dict()
+
+
+def payload_of(source: str, wire: sending.WireDelivery) -> Any:
+    """The payload as the worker reads the sent bytes (twilio's forms, everyone else's JSON)."""
+    provider = PROVIDERS[source_provider(source)]
+    if provider.parse is None:
+        return json.loads(wire.body)
+    return provider.parse(Delivery(id="e2e", source=source, provider=provider.name, received_at="", body=wire.body))
+
+
+def source_provider(source: str) -> str:
+    return "voicekit" if source == "voicekit-office" else source
+
+
+def event_id(source: str, wire: sending.WireDelivery) -> str:
+    return predicted(source, wire)["id"]
 
 
 # --------------------------------------------------------------------------- the sink
@@ -220,6 +271,34 @@ class Proc:
         self.proc.wait(timeout=5)
 
 
+def pids_under(root: int) -> set[int]:
+    """`root` and every live descendant, from /proc (the processes `hooklane dev` started)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def is_running(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] != "Z"  # a zombie has exited; only its parent's wait() is missing
+
+
 def start_process(name: str, argv: list[str], env: dict[str, str], logdir: Path, cwd: Path | None = None) -> Proc:
     log = logdir / f"{name}.log"
     # Output to a file, not a pipe: a pipe nobody reads fills up and blocks the child.
@@ -247,6 +326,52 @@ class Pipeline:
     env: dict[str, str]
     procs: list[Proc]
     session: requests.Session = field(default_factory=requests.Session)
+
+    @classmethod
+    def configure(cls, redis_url: str, sink: Sink, workdir: Path, **settings: Any) -> Pipeline:
+        """A pipeline's config (render_config's `settings`) written to `workdir`; no process started yet."""
+        config_path = workdir / "hooklane.toml"
+        config_path.write_text(render_config(redis_url, sink.port, **settings), encoding="utf-8")
+        env = base_env(HOOKLANE_CONFIG=str(config_path))
+        # Its own timeout: a test's reads must fail, not hang, while the fault is on.
+        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+        return cls(base_url=f"http://127.0.0.1:{free_port()}", config=config_mod.load(config_path, env=env),
+                   config_path=config_path, redis=client, sink=sink, env=env, procs=[])
+
+    @property
+    def workdir(self) -> Path:
+        return self.config_path.parent
+
+    def start_ingest(self, workers: int = 2) -> Proc:
+        bind = self.base_url.removeprefix("http://")
+        return self._start("ingest", [*HOOKLANE, "ingest", "--bind", bind, "--workers", str(workers)])
+
+    def start_worker(self, name: str | None = None) -> Proc:
+        """`hooklane worker` named `name` (its RQ worker name too, so a test finds the one running a job)."""
+        name = name or f"worker-{sum(p.name.startswith('worker') for p in self.procs) + 1}"
+        return self._start(name, [*HOOKLANE, "worker", "--name", name])
+
+    def _start(self, name: str, argv: list[str]) -> Proc:
+        proc = start_process(name, argv, self.env, self.workdir)
+        self.procs.append(proc)
+        return proc
+
+    def ready(self) -> bool:
+        self.check_alive()
+        try:
+            return self.session.get(f"{self.base_url}/readyz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        wait_for(self.ready, timeout, "ingest /readyz", self.explain)
+
+    def close(self) -> None:
+        """Intake first, then the workers (each finishes its job), each by its own PID."""
+        for proc in self.procs:
+            proc.stop()
+        self.session.close()
+        self.redis.close()
 
     def explain(self) -> str:
         return "\n".join(f"--- {p.name} (pid {p.proc.pid}, exit {p.proc.poll()}) ---\n{p.tail()}" for p in self.procs)

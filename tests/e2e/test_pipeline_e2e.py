@@ -28,44 +28,24 @@ from e2e.harness import (
     Pipeline,
     Proc,
     base_env,
+    event_id,
+    is_running,
+    payload_of,
+    pids_under,
+    predicted,
+    source_provider,
     start_process,
     wait_for,
 )
 from hooklane.operators import sending
 from hooklane.operators.cli.dev import free_port
 from hooklane.shared import deadletters
-from hooklane.shared.envelope import Delivery
 from hooklane.shared.providers import PROVIDERS
 
 pytestmark = pytest.mark.e2e
 
 FIXTURES = ROOT / "tests" / "fixtures"
 RECEIVED_AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-
-
-def predicted(source: str, wire: sending.WireDelivery, received_at: str = "2026-01-01T00:00:00.000000Z",
-              delivery_id: str | None = None) -> dict[str, Any]:
-    """The canonical event the provider's normalizer makes of exactly these bytes."""
-    provider = PROVIDERS[source_provider(source)]
-    delivery = Delivery(id="e2e", source=source, provider=provider.name, received_at=received_at, body=wire.body,
-                        delivery_id=delivery_id)
-    return provider.normalize_payload(payload_of(source, wire), delivery).to_dict()
-
-
-def payload_of(source: str, wire: sending.WireDelivery) -> Any:
-    """The payload as the worker reads the sent bytes (twilio's forms, everyone else's JSON)."""
-    provider = PROVIDERS[source_provider(source)]
-    if provider.parse is None:
-        return json.loads(wire.body)
-    return provider.parse(Delivery(id="e2e", source=source, provider=provider.name, received_at="", body=wire.body))
-
-
-def source_provider(source: str) -> str:
-    return "voicekit" if source == "voicekit-office" else source
-
-
-def event_id(source: str, wire: sending.WireDelivery) -> str:
-    return predicted(source, wire)["id"]
 
 
 def sent_delivery_id(source: str, wire: sending.WireDelivery) -> str | None:
@@ -375,34 +355,6 @@ def test_sink_outage_dead_letters_then_replay_delivers_every_event_exactly_once(
 # --------------------------------------------------------------------------- hooklane dev
 
 
-def _pids_under(root: int) -> set[int]:
-    """`root` and every live descendant, from /proc (the processes `hooklane dev` started)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        for child, parent in parents.items():
-            if parent == pid and child not in found:
-                found.add(child)
-                frontier.append(child)
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2] != "Z"  # a zombie has exited; only its parent's wait() is missing
-
-
 def test_hooklane_dev_walkthrough_send_break_dead_letter_replay_deliver(tmp_path: Path) -> None:
     """What the README promises a newcomer: run it, send, see the downstream's dead letters, fix, replay."""
     port, sink_port, admin_port = free_port(), free_port(), free_port()
@@ -426,7 +378,7 @@ def test_hooklane_dev_walkthrough_send_break_dead_letter_replay_deliver(tmp_path
         assert send_line.group(2) == f"http://127.0.0.1:{port}/webhooks/volumereach"
         env_file = Path(re.search(r"^\s*\. (\S+)", text, re.M).group(1))
         redis_pid = int(re.search(r"^\s*redis .*\(private, pid (\d+)", text, re.M).group(1))
-        children = _pids_under(dev.proc.pid)
+        children = pids_under(dev.proc.pid)
         assert redis_pid in children and len(children) >= 5, children  # dev, redis, gunicorn (+worker), rq, admin
 
         sent = subprocess.run([*HOOKLANE, *shlex.split(send_line.group(1))[1:], "--json"], env=env, cwd=tmp_path,
@@ -482,16 +434,16 @@ def test_hooklane_dev_walkthrough_send_break_dead_letter_replay_deliver(tmp_path
 
         dev.proc.send_signal(signal.SIGTERM)
         assert dev.proc.wait(timeout=40) == 0, dev.tail(60)
-        wait_for(lambda: not [p for p in children if _running(p)], 10, "every child of hooklane dev to exit",
-                 lambda: str([p for p in children if _running(p)]))
+        wait_for(lambda: not [p for p in children if is_running(p)], 10, "every child of hooklane dev to exit",
+                 lambda: str([p for p in children if is_running(p)]))
         assert not env_file.parent.exists(), "the private Redis's temp dir is removed"
     finally:
         if sink is not None:
             sink.stop()
-        started = _pids_under(dev.proc.pid) - {dev.proc.pid} if dev.proc.poll() is None else set()
+        started = pids_under(dev.proc.pid) - {dev.proc.pid} if dev.proc.poll() is None else set()
         dev.stop()
         for pid in started:
-            if _running(pid):  # only if dev failed to stop what it started
+            if is_running(pid):  # only if dev failed to stop what it started
                 os.kill(pid, signal.SIGKILL)
 
 
