@@ -147,6 +147,14 @@ class _HooklaneWorker:
         finally:
             hl_logging.clear()
 
+    def run_maintenance_tasks(self) -> None:
+        # RQ's loop runs maintenance before it looks at a stop request, and maintenance restarts a scheduler that
+        # is not running: after a warm-shutdown request (which stopped ours) that forks a new scheduler on the
+        # way out, and one that meets the exit's SIGTERM before installing its handlers hangs the stop.
+        if self._stop_requested:  # type: ignore[attr-defined]
+            return
+        super().run_maintenance_tasks()  # type: ignore[misc]
+
     def request_stop(self, signum: Any, frame: Any) -> None:
         # The handler runs on top of whatever the worker was doing, a job included: its lines are not the job's.
         with _outside_job():

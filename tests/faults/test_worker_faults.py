@@ -82,11 +82,6 @@ def test_sigkilled_worker_mid_handler_its_event_arrives_again_within_the_documen
     assert recovered <= bound + 3, f"recovered after {recovered:.1f}s, documented bound {bound:.1f}s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "RQ 3.0's work loop runs maintenance before it checks the stop request, and maintenance starts a new "
-    "scheduler because SIGTERM stopped the old one: a scheduler is forked on the way out, and when the exit's "
-    "SIGTERM meets it before its handlers are installed the worker hangs (seen: > 24 s). Worker code (h3's "
-    "part of issue 9); remove this marker with the fix, strict makes the fix fail the run until then."))
 def test_sigterm_mid_handler_finishes_the_call_exits_0_and_delivers_once(
         aof_redis: RedisServer, make_pipeline: Callable[..., Pipeline], figures: Callable[..., None]) -> None:
     p = make_pipeline(aof_redis)
