@@ -312,21 +312,13 @@ def purge_many(redis: Redis, config: Config, ids: Iterable[str], *,
 def collect_stats(redis: Redis, config: Config, *, now: float | None = None,
                   dlq_scan_limit: int = DLQ_SCAN_LIMIT) -> dict[str, Any]:
     """Queue, retries, dead letters, recent throughput and workers; read-only (no RQ cleanup runs)."""
-    from rq import worker_registration
-    from rq.registry import ScheduledJobRegistry, StartedJobRegistry
-
-    from hooklane.shared.queueing import rq_queue
+    from hooklane.shared.queue_metrics import read_queue_health  # late: rq, not needed to list or show
+    from hooklane.shared.queueing import queue_name
 
     ref = time.time() if now is None else now
-    queue = rq_queue(redis, config)
-    head = redis.lindex(queue.key, 0)
-    oldest_at = oldest_age = None
-    if head is not None:
-        head_id = head.decode() if isinstance(head, bytes) else head
-        at = _parse_utc(_text(redis.hget(f"rq:job:{head_id}", "enqueued_at")))
-        if at is not None:
-            oldest_at = iso_utc(at)
-            oldest_age = round(max(0.0, ref - at.timestamp()), 3)
+    name = queue_name(config)
+    health = read_queue_health(redis, name, config.redis.prefix)
+    oldest = health.oldest_enqueued_at
 
     by_handler: Counter[str] = Counter()
     complete = True
@@ -335,59 +327,34 @@ def collect_stats(redis: Redis, config: Config, *, now: float | None = None,
             complete = False
             break
         by_handler[entry.get("handler") or f"[{entry.get('stage')}]"] += 1
-    total = deadletters.count(redis, config)
 
     prefix = config.redis.prefix
     events = {kind: {f"{m}m": stats.recent(redis, prefix, kind, m, now=ref) for m in STAT_WINDOWS}
               for kind in STAT_KINDS}
 
-    workers = []
-    # Read RQ's worker hashes directly: constructing rq.Worker objects (Worker.all) raises the
-    # socket timeout of the connection it is given, which on ingest is the hot path's connection.
-    for key in sorted(worker_registration.get_keys(queue=queue)):
-        data = {_text(k): _text(v) for k, v in redis.hgetall(key).items()}
-        if not data or "death" in data:
-            continue  # expired (it stopped heartbeating) or shut down: not alive
-        beat = _parse_utc(data.get("last_heartbeat"))
-        workers.append({
-            "name": key.removeprefix("rq:worker:"),
-            "state": data.get("state") or "?",
-            "hostname": data.get("hostname") or None,
-            "pid": int(data["pid"]) if (data.get("pid") or "").isdigit() else None,
-            "last_heartbeat": iso_utc(beat) if beat else None,
-            "heartbeat_age_seconds": round(max(0.0, ref - beat.timestamp()), 3) if beat else None,
-        })
-
     return {
         "at": iso_utc(datetime.fromtimestamp(ref, UTC)),
         "queue": {
-            "name": queue.name,
-            "waiting": int(redis.llen(queue.key)),
-            "running": StartedJobRegistry(queue=queue).get_job_count(cleanup=False),
-            "scheduled_retries": ScheduledJobRegistry(queue=queue).get_job_count(cleanup=False),
-            "oldest_waiting_enqueued_at": oldest_at,
-            "oldest_waiting_age_seconds": oldest_age,
+            "name": name,
+            "waiting": health.waiting,
+            "running": health.running,
+            "scheduled_retries": health.scheduled,
+            "oldest_waiting_enqueued_at": iso_utc(oldest) if oldest else None,
+            "oldest_waiting_age_seconds": round(max(0.0, ref - oldest.timestamp()), 3) if oldest else None,
         },
         "dead_letters": {
-            "total": total,
+            "total": health.dead_letters,
             "by_handler": dict(by_handler.most_common()),
             "by_handler_complete": complete,
         },
         "events": events,
-        "workers": workers,
+        "workers": [{
+            "name": w.name,
+            "state": w.state,
+            "hostname": w.hostname,
+            "pid": w.pid,
+            "last_heartbeat": iso_utc(w.last_heartbeat) if w.last_heartbeat else None,
+            "heartbeat_age_seconds": round(max(0.0, ref - w.last_heartbeat.timestamp()), 3) if w.last_heartbeat
+            else None,
+        } for w in health.workers],
     }
-
-
-def _text(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _parse_utc(value: str | None) -> datetime | None:
-    """RQ's timestamps ("2025-03-14T15:02:11.123456Z", naive UTC in older versions) as aware datetimes."""
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

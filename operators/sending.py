@@ -59,7 +59,7 @@ def new_run_id() -> str:
 
 
 def event_types(provider: str | Provider) -> list[str]:
-    return list(get_provider(provider).samples())
+    return get_provider(provider).sample_types()
 
 
 def pick_event_type(provider: str | Provider, event_type: str | None, seq: int) -> str:
@@ -76,7 +76,7 @@ def pick_event_type(provider: str | Provider, event_type: str | None, seq: int) 
 def sample_payload(provider: str | Provider, event_type: str, *, seq: int, run: str) -> dict[str, Any]:
     """The provider's sample of `event_type` with its identity fields made unique to (run, seq)."""
     p = get_provider(provider)
-    payload = p.samples()[pick_event_type(p, event_type, seq)]
+    payload = p.sample(pick_event_type(p, event_type, seq))
     _vary_ids(payload, seq=seq, run=run)
     for path in IDENTITY_PATHS:
         inner: Any = payload

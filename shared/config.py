@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hooklane.shared.redaction import safe_url
+
 DEFAULT_PATH = "./hooklane.toml"
 HANDLER_TYPES = ("http", "suppression", "python", "log")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -564,7 +566,8 @@ class _Reader:
 
 def describe(config: Config) -> str:
     """A human summary of what the config sets up; secrets shown only by reference."""
-    lines = [f"config: {config.path}", f"redis: {_safe_redis_url(config.redis.url)} (prefix {config.redis.prefix})",
+    lines = [f"config: {config.path}",
+             f"redis: {safe_url(config.redis.url, keep_query=True)} (prefix {config.redis.prefix})",
              f"ingest: max_body_bytes={config.ingest.max_body_bytes} trusted_proxies={config.ingest.trusted_proxies}",
              f"worker: class={config.worker.worker_class} dedupe_window={config.worker.dedupe_window_seconds}s "
              f"job_timeout={config.worker.job_timeout_seconds}s",
@@ -594,17 +597,9 @@ def describe(config: Config) -> str:
     return "\n".join(lines)
 
 
-def _safe_redis_url(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url)
-
-
-def _safe_http_url(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url).split("?", 1)[0]
-
-
 def _describe_handler(h: HandlerConfig) -> str:
     if h.type == "http":
-        return f"url={_safe_http_url(h.url or '')} max_attempts={h.max_attempts} signed={'yes' if h.secret else 'no'}"
+        return f"url={safe_url(h.url or '')} max_attempts={h.max_attempts} signed={'yes' if h.secret else 'no'}"
     if h.type == "python":
         return f"target={h.target} max_attempts={h.max_attempts}"
     if h.type == "suppression":

@@ -43,13 +43,12 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis, WatchError
 
 from hooklane.shared.config import Config
-from hooklane.shared.envelope import utc_now_iso
+from hooklane.shared.envelope import parse_utc, utc_now_iso
 
 STAGES = ("normalize", "delivery", "handler")
 
@@ -64,11 +63,13 @@ def entry_key(prefix: str, entry_id: str) -> str:
 
 def add(redis: Redis, config: Config, entry: dict[str, Any], *, pipeline: Any = None) -> None:
     prefix = config.redis.prefix
-    died = _epoch(entry["died_at"])
+    died = parse_utc(entry["died_at"])
+    if died is None:  # written by utc_now_iso: unreadable is a bug, not an entry to index at time 0
+        raise ValueError(f"dead letter {entry['id']} has no readable died_at: {entry['died_at']!r}")
     ttl = config.dead_letters.retention_days * 86400 or None
     pipe = pipeline if pipeline is not None else redis.pipeline(transaction=True)
     pipe.set(entry_key(prefix, entry["id"]), json.dumps(entry, separators=(",", ":")), ex=ttl)
-    pipe.zadd(index_key(prefix), {entry["id"]: died})
+    pipe.zadd(index_key(prefix), {entry["id"]: died.timestamp()})
     if pipeline is None:
         pipe.execute()
 
@@ -256,10 +257,6 @@ def replay(redis: Redis, config: Config, entry_id: str, *, dry_run: bool = False
             raise ReplayConflict(f"dead letter {entry_id} changed while replaying (replayed by someone else?)") \
                 from None
     return plan
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(UTC).timestamp()
 
 
 def now_epoch() -> float:

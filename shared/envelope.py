@@ -114,3 +114,16 @@ def iso_utc(dt: datetime) -> str:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_utc(value: str | bytes | None) -> datetime | None:
+    """An ISO 8601 time as hooklane and RQ write it (``Z`` or an offset; naive means UTC, as older RQ wrote it)
+    -> an aware datetime; None when empty or unreadable (a Redis field read back may be missing or foreign)."""
+    if not value:
+        return None
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

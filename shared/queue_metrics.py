@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 
 import redis as redis_lib
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
@@ -35,25 +36,14 @@ from redis import Redis
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.worker import Worker
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from hooklane.shared import deadletters, logs
 from hooklane.shared.config import Config
+from hooklane.shared.envelope import parse_utc
 
 log = logs.get_logger("hooklane.metrics")
-
-
-def _parse_rq_time(value: bytes | str | None) -> float | None:
-    if not value:
-        return None
-    text = value.decode() if isinstance(value, bytes) else value
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 class QueueCollector(Collector):
@@ -64,12 +54,6 @@ class QueueCollector(Collector):
         self.prefix = config.redis.prefix
         self.queue = config.redis.prefix  # shared.queueing.queue_name: one queue named after the prefix
         self.clock = clock
-        # RQ's own key templates, so RQ_KEY_PREFIX or an upgrade that moves a key cannot silently zero a gauge.
-        q = self.queue
-        self.queue_key = Queue.redis_queue_namespace_prefix + q
-        self.started_key = StartedJobRegistry.key_template.format(q)
-        self.scheduled_key = ScheduledJobRegistry.key_template.format(q)
-        self.workers_key = WORKERS_BY_QUEUE_KEY % q
 
     def describe(self) -> Iterator[Metric]:
         # Names only: register() must not query Redis to check for clashes.
@@ -112,42 +96,86 @@ class QueueCollector(Collector):
         yield up
 
     def _read(self) -> tuple[float, ...]:
-        queue_key = self.queue_key
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(queue_key)
-        pipe.zcard(self.started_key)
-        pipe.zcard(self.scheduled_key)
-        pipe.zcard(deadletters.index_key(self.prefix))
-        pipe.lindex(queue_key, 0)
-        pipe.smembers(self.workers_key)
-        depth, started, scheduled, dead, head, worker_keys = pipe.execute()
-
+        health = read_queue_health(self.redis, self.queue, self.prefix)
         now = self.clock()
-        oldest = 0.0
-        # The head may be dequeued between the two reads; the next id is then the oldest.
-        for _ in range(3):
-            if head is None:
-                break
-            head_id = head.decode() if isinstance(head, bytes) else head
-            enqueued = _parse_rq_time(self.redis.hget(Job.redis_job_namespace_prefix + head_id, "enqueued_at"))
-            if enqueued is not None:
-                oldest = max(0.0, now - enqueued)
-                break
-            head = self.redis.lindex(queue_key, 0)
+        oldest = max(0.0, now - health.oldest_enqueued_at.timestamp()) if health.oldest_enqueued_at else 0.0
+        ages = [now - w.last_heartbeat.timestamp() for w in health.workers if w.last_heartbeat is not None]
+        return (float(health.waiting), float(health.running), float(health.scheduled), oldest,
+                float(len(health.workers)), max(ages, default=-1.0), float(health.dead_letters))
 
-        alive, max_age = 0, -1.0
-        keys = sorted(k.decode() if isinstance(k, bytes) else k for k in worker_keys)
-        for i in range(0, len(keys), 100):
-            pipe = self.redis.pipeline(transaction=False)
-            for key in keys[i:i + 100]:
-                pipe.hget(key, "last_heartbeat")
-            for beat in pipe.execute():
-                seen = _parse_rq_time(beat)
-                if seen is None:
-                    continue  # the key expired: RQ leaves the name in the set until its next cleanup
-                alive += 1
-                max_age = max(max_age, now - seen)
-        return (float(depth), float(started), float(scheduled), oldest, float(alive), max_age, float(dead))
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    name: str
+    state: str
+    hostname: str | None
+    pid: int | None
+    last_heartbeat: datetime | None
+
+
+@dataclass(frozen=True)
+class QueueHealth:
+    """The queue's state in Redis, as the /metrics gauges, `hooklane stats` and the admin API show it."""
+
+    waiting: int
+    running: int
+    scheduled: int
+    dead_letters: int
+    oldest_enqueued_at: datetime | None  # of the job at the head of the queue; None when empty
+    workers: list[WorkerHealth]  # alive only, by name
+
+
+def read_queue_health(redis: Redis, queue: str, prefix: str) -> QueueHealth:
+    """Read-only (no RQ cleanup runs): two pipelined round trips plus one per 100 registered workers.
+
+    RQ's own key templates, so RQ_KEY_PREFIX or an upgrade that moves a key cannot silently zero a
+    number; RQ's worker hashes read directly, since constructing rq.Worker objects raises the socket
+    timeout of the connection it is given (on ingest, the hot path's connection).
+    """
+    queue_key = Queue.redis_queue_namespace_prefix + queue
+    pipe = redis.pipeline(transaction=False)
+    pipe.llen(queue_key)
+    pipe.zcard(StartedJobRegistry.key_template.format(queue))
+    pipe.zcard(ScheduledJobRegistry.key_template.format(queue))
+    pipe.zcard(deadletters.index_key(prefix))
+    pipe.lindex(queue_key, 0)
+    pipe.smembers(WORKERS_BY_QUEUE_KEY % queue)
+    waiting, running, scheduled, dead, head, worker_keys = pipe.execute()
+
+    oldest = None
+    # The head may be dequeued between the two reads; the next id is then the oldest.
+    for _ in range(3):
+        if head is None:
+            break
+        oldest = parse_utc(redis.hget(Job.redis_job_namespace_prefix + _text(head), "enqueued_at"))
+        if oldest is not None:
+            break
+        head = redis.lindex(queue_key, 0)
+
+    workers = []
+    keys = sorted(_text(k) for k in worker_keys)
+    for i in range(0, len(keys), 100):
+        pipe = redis.pipeline(transaction=False)
+        for key in keys[i:i + 100]:
+            pipe.hgetall(key)
+        for key, raw in zip(keys[i:i + 100], pipe.execute(), strict=True):
+            data = {_text(k): _text(v) for k, v in raw.items()}
+            if not data or "death" in data:
+                continue  # expired (RQ leaves the name in the set until its next cleanup) or shut down
+            pid = data.get("pid") or ""
+            workers.append(WorkerHealth(
+                name=key.removeprefix(Worker.redis_worker_namespace_prefix),
+                state=data.get("state") or "?",
+                hostname=data.get("hostname") or None,
+                pid=int(pid) if pid.isdigit() else None,
+                last_heartbeat=parse_utc(data.get("last_heartbeat")),
+            ))
+    return QueueHealth(waiting=int(waiting), running=int(running), scheduled=int(scheduled), dead_letters=int(dead),
+                       oldest_enqueued_at=oldest, workers=workers)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 class _ProcessMetrics(Collector):

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
-from hooklane.shared.config import Config
+if TYPE_CHECKING:  # config.py masks its URLs with safe_url below: a runtime import would be circular
+    from hooklane.shared.config import Config
 
 MASK = "[redacted]"
+
+
+def safe_url(url: str, *, keep_query: bool = False) -> str:
+    """`url` as a message, a log line or a terminal may show it.
+
+    Credentials become ``***@`` (they are there, not what they are); a token in the path
+    (``/webhooks/<source>/<token>``) becomes ``***``; the query and fragment, where tokens and
+    signatures ride, are dropped unless `keep_query` (a Redis URL's options say how it connects).
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    segments = parts.path.split("/")
+    if len(segments) > 3 and segments[1] == "webhooks":
+        segments = [*segments[:3], "***"]
+    shown = f"{parts.scheme}://{netloc}{'/'.join(segments)}"
+    if keep_query:
+        shown += f"?{parts.query}" if parts.query else ""
+        shown += f"#{parts.fragment}" if parts.fragment else ""
+    return shown
 
 
 class Redactor:

@@ -67,7 +67,7 @@ class Env:
 
     def deliver(self, call_id: str, *, outcome: str = "INTERESTED", data: Any = None,
                 metadata: dict[str, Any] | None = None) -> None:
-        body = volumereach.samples()["call.completed"]
+        body = volumereach.PROVIDER.samples()["call.completed"]
         body["data"] = {**body["data"], "call_id": call_id, "outcome": outcome,
                         "metadata": metadata or {"crmLeadId": "lead_1"}} if data is None else data
         raw = json.dumps(body).encode()
@@ -333,7 +333,7 @@ def test_replay_of_a_handler_entry_reruns_only_that_handler_and_delivers_once_fi
 
 
 def test_replay_of_a_normalize_entry_renormalizes_with_the_fixed_code(env: Env, capsys, monkeypatch) -> None:
-    body = volumereach.samples()["call.completed"]
+    body = volumereach.PROVIDER.samples()["call.completed"]
     env.deliver("ignored", data="call_77")  # "data" must be an object: this normalizer refuses it
     env.work()
     [entry] = env.entries()

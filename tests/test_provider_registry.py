@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, is_payload_file
+from conftest import FIXTURES, is_payload_file, load_fixture
 
 from hooklane.shared.envelope import Delivery
 from hooklane.shared.events import CANONICAL_TYPES
@@ -64,10 +64,22 @@ def test_every_mapped_event_type_has_a_fixture(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_sample_has_a_fixture_and_covers_the_mapping(name: str) -> None:
-    samples = set(PROVIDERS[name].samples())
-    assert set(PROVIDERS[name].event_types) <= samples
-    assert samples <= stems(name)
+def test_the_samples_are_the_payload_fixtures_without_variants_and_cover_the_mapping(name: str) -> None:
+    prov = PROVIDERS[name]
+    samples = prov.samples()
+    assert set(prov.event_types) <= set(samples)
+    assert set(samples) == {s for s in stems(name) if "--" not in s}
+    for provider_type, payload in samples.items():
+        if prov.encode is None:
+            assert payload == load_fixture(name, f"{provider_type}.json")
+        else:  # what `hooklane send` puts on the wire is the fixture, byte for byte
+            assert prov.encode(payload) == (FIXTURES / name / f"{provider_type}.form").read_bytes().strip()
+
+
+def test_samples_are_fresh_copies_a_caller_may_change() -> None:
+    first = PROVIDERS["volumereach"].samples()
+    first["call.completed"]["data"]["call_id"] = "changed"
+    assert PROVIDERS["volumereach"].samples()["call.completed"]["data"]["call_id"] == "call_xyz"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -141,7 +141,7 @@ def event(payload: dict[str, Any]) -> Event:
 
 
 def ended(**call: Any) -> dict[str, Any]:
-    payload = copy.deepcopy(retell.samples()["call_ended"])
+    payload = copy.deepcopy(retell.PROVIDER.samples()["call_ended"])
     payload["call"].update(call)
     return payload
 
@@ -182,7 +182,7 @@ def test_call_ended_carries_duration_in_seconds_recording_and_transcript() -> No
 
 
 def test_call_analyzed_is_transcript_ready_with_summary_and_extraction() -> None:
-    e = event(retell.samples()["call_analyzed"])
+    e = event(retell.PROVIDER.samples()["call_analyzed"])
     assert e.type == "transcript.ready"
     assert e.call.summary.startswith("The patient confirmed")
     assert e.call.extraction == {"appointment_confirmed": True, "appointment_time": "Thursday 15:00"}
@@ -197,7 +197,7 @@ def test_once_per_call_events_are_identified_by_event_and_call_id() -> None:
 
 @pytest.mark.parametrize("name", ["transcript_updated", "transfer_started", "transfer_ended"])
 def test_events_that_repeat_within_a_call_are_identified_by_their_body(name: str) -> None:
-    first = retell.samples()[name]
+    first = retell.PROVIDER.samples()[name]
     second = copy.deepcopy(first)
     second["call"]["transcript"] += "User: And one more thing.\n"
     assert event(first).id != event(second).id

@@ -237,7 +237,7 @@ def test_any_data_passes_through_without_call_fields(data: Any) -> None:
 
 
 def test_identity_is_the_body_and_the_webhook_id_is_the_delivery_id() -> None:
-    payload = sw.samples()["call.completed"]
+    payload = sw.PROVIDER.samples()["call.completed"]
     first = event(payload, delivery_id="msg_1")
     retry = event(copy.deepcopy(payload), delivery_id="msg_1")
     assert first.id == retry.id and first.delivery_id == "msg_1"
@@ -247,5 +247,5 @@ def test_identity_is_the_body_and_the_webhook_id_is_the_delivery_id() -> None:
 
 
 def test_event_time_is_the_payload_timestamp() -> None:
-    assert event(sw.samples()["call.completed"]).occurred_at == "2025-05-06T09:23:00.000000Z"
+    assert event(sw.PROVIDER.samples()["call.completed"]).occurred_at == "2025-05-06T09:23:00.000000Z"
     assert event({"type": "x"}).occurred_at == "2026-01-01T00:00:00.000000Z"

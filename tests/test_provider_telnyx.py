@@ -195,7 +195,7 @@ def event(payload: dict[str, Any]) -> Event:
 
 
 def sample(name: str, **payload: Any) -> dict[str, Any]:
-    out = copy.deepcopy(telnyx.samples()[name])
+    out = copy.deepcopy(telnyx.PROVIDER.samples()[name])
     out["data"]["payload"].update(payload)
     return out
 

@@ -237,7 +237,7 @@ def twilio_event(params: dict[str, str]) -> Any:
 
 
 def test_redelivered_callback_keeps_its_id_and_each_progress_event_has_its_own() -> None:
-    params = twilio.samples()["ringing"]
+    params = twilio.PROVIDER.samples()["ringing"]
     first = twilio_event(params)
     assert twilio_event(dict(reversed(list(params.items())))).id == first.id  # same fields, another order
     assert twilio_event({**params, "SequenceNumber": "2"}).id != first.id
@@ -245,7 +245,7 @@ def test_redelivered_callback_keeps_its_id_and_each_progress_event_has_its_own()
 
 
 def test_callback_without_call_sid_is_identified_by_its_body() -> None:
-    params = {k: v for k, v in twilio.samples()["completed"].items() if k != "CallSid"}
+    params = {k: v for k, v in twilio.PROVIDER.samples()["completed"].items() if k != "CallSid"}
     assert twilio_event(params).id == "twilio:" + hashlib.sha256(urlencode(params).encode()).hexdigest()
 
 
@@ -256,5 +256,5 @@ def test_callback_without_call_sid_is_identified_by_its_body() -> None:
     ("trunking-originating", None, None),
 ])
 def test_remote_party_follows_the_direction(direction: str, phone: str | None, canonical: str | None) -> None:
-    call = twilio_event({**twilio.samples()["completed"], "Direction": direction}).call
+    call = twilio_event({**twilio.PROVIDER.samples()["completed"], "Direction": direction}).call
     assert (call.direction, call.phone) == (canonical, phone)

@@ -75,7 +75,7 @@ def _reset_handlers() -> Iterator[None]:
 
 
 def payload(call_id: str = "call_1", outcome: str = "INTERESTED") -> bytes:
-    body = volumereach.samples()["call.completed"]
+    body = volumereach.PROVIDER.samples()["call.completed"]
     body["data"] = {**body["data"], "call_id": call_id, "outcome": outcome}
     return json.dumps(body).encode()
 

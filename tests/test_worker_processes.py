@@ -119,7 +119,7 @@ def setup(tmp_path: Path, redis_server, make_config: Callable[..., Config], hand
 
 
 def deliver(cfg: Config, r: redis.Redis, call_id: str) -> None:
-    body = volumereach.samples()["call.completed"]
+    body = volumereach.PROVIDER.samples()["call.completed"]
     body["data"]["call_id"] = call_id
     raw = json.dumps(body).encode()
     client = create_app(cfg, r).test_client()

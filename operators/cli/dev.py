@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -36,6 +35,7 @@ from hooklane.operators import sending
 from hooklane.operators.cli.local_redis import find_redis_server
 from hooklane.shared import config as config_mod
 from hooklane.shared.config import Config, ConfigError
+from hooklane.shared.redaction import safe_url
 from hooklane.shared.redisconn import connect
 
 SAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "dev.toml"
@@ -397,7 +397,7 @@ def banner(args: argparse.Namespace, config: Config, config_path: Path, redis_ur
         f"  worker   with scheduler  (pid {by_name['worker'].pid})",
         f"  admin    http://127.0.0.1:{args.admin_port}/admin/  (pid {by_name['admin'].pid}; "
         "Authorization: Bearer $HOOKLANE_ADMIN_TOKEN)",
-        f"  redis    {_without_password(redis_url)}  ({redis_note})",
+        f"  redis    {safe_url(redis_url, keep_query=True)}  ({redis_note})",
         f"  config   {config_path}",
         "",
         "Send each provider's sample webhook, signed as the provider signs it:",
@@ -444,11 +444,6 @@ def _hooklane_command() -> str:
 
 def _port_of(url: str) -> int:
     return urlsplit(url).port or 80
-
-
-def _without_password(url: str) -> str:
-    # A managed Redis URL carries its password; the banner and the terminal scrollback should not.
-    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def curl_example(config: Config, base: str) -> str | None:

@@ -23,6 +23,7 @@ from hooklane.operators import sending
 from hooklane.shared import config as config_mod
 from hooklane.shared.config import Config, ConfigError, SourceConfig
 from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.redaction import safe_url
 
 # Redeliveries re-send one of the last bodies sent; a bounded window keeps a long load test's memory flat.
 HISTORY = 1000
@@ -186,7 +187,7 @@ def summarize(results: Results, elapsed: float, args: argparse.Namespace, run_id
     return {
         "provider": args.provider,
         "run": run_id,
-        "url": _safe_url(args.url),
+        "url": safe_url(args.url),
         "sent": sent,
         "distinct_events": sent - results.duplicates,
         "duplicates": results.duplicates,
@@ -312,12 +313,3 @@ def _percentile(sorted_values: list[float], pct: float) -> float | None:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
-
-
-def _safe_url(url: str) -> str:
-    # The URL may carry a token (?token= or a path segment after the source): print scheme, host and path head.
-    parts = urlsplit(url)
-    segments = parts.path.split("/")
-    if len(segments) > 3 and segments[1] == "webhooks":
-        segments = segments[:3] + ["***"]
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{'/'.join(segments)}"

@@ -12,12 +12,14 @@ A provider module (``shared/providers/<name>.py``) defines:
 - ``EVENT_TYPES`` — the mapping table: provider event name -> canonical type.
   Names missing from it flow on as ``<provider>.<name>``; nothing is dropped.
 - ``normalize(payload, delivery, source)`` — payload (parsed JSON) -> `Event`.
-- ``samples()`` — realistic payloads of the documented shape, one per event type.
 - optionally ``check_secret(secret)`` — raises ValueError for a configured
   secret that can never verify (not a key of the provider's kind), so the
   config load fails naming it instead of every delivery failing with a 401.
 
-and registers them as one `Provider` in ``shared/providers/__init__.py``.
+and registers them as one `Provider` in ``shared/providers/__init__.py``. Its sample
+payloads (`Provider.samples`, what ``hooklane send`` sends) are the real payload files
+``tests/fixtures/<name>/<type>.json`` (``.form`` for a form-encoded provider): one source
+for the tests and the package, which ships them as ``hooklane.shared.providers.samples``.
 
 Providers whose signature covers more than body and headers (twilio signs the
 URL and the form parameters), or that need per-source settings (vapi's auth
@@ -36,13 +38,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
+import functools
 import hashlib
 import hmac
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
+from urllib.parse import parse_qsl
 
 from hooklane.shared.envelope import Delivery, iso_utc
 from hooklane.shared.events import Call, Event
@@ -118,7 +125,6 @@ class Provider:
     name: str
     event_types: Mapping[str, str]
     normalize: Callable[..., Event]
-    samples: Callable[[], dict[str, dict[str, Any]]]
     # None for providers that do not sign: their sources authenticate by URL token and/or IP.
     verify: Callable[..., None] | None = None
     sign: Callable[..., dict[str, str]] | None = None
@@ -148,6 +154,17 @@ class Provider:
     def signs(self) -> bool:
         return self.verify is not None
 
+    def samples(self) -> dict[str, dict[str, Any]]:
+        """A real payload per event type, from the shipped fixture files (fresh copies: callers may change them)."""
+        return copy.deepcopy(load_samples(self.name))
+
+    def sample_types(self) -> list[str]:
+        return list(load_samples(self.name))
+
+    def sample(self, provider_type: str) -> dict[str, Any]:
+        """One sample, copied alone: a load run takes one per request, copying them all costs 8x (voipbin)."""
+        return copy.deepcopy(load_samples(self.name)[provider_type])
+
     def verify_request(self, body: bytes, headers: Headers, secrets: Sequence[bytes], *, tolerance: int,
                        now: Clock, request: Request, options: Any) -> None:
         """Call `verify` with the context it takes (the plain contract for providers that take none)."""
@@ -173,6 +190,34 @@ class Provider:
     def default_options(self) -> Any:
         """The options of a source that sets none of this provider's keys (OptionError if some are required)."""
         return self.options({}) if self.options is not None else None
+
+
+# The package the payload fixtures ship as: pyproject.toml maps it onto tests/fixtures/, so the tests and
+# `hooklane send` read the same files in a checkout, an editable install and a wheel.
+SAMPLES_PACKAGE = "hooklane.shared.providers.samples"
+
+
+@functools.cache
+def load_samples(provider: str) -> dict[str, dict[str, Any]]:
+    """``<type>.json`` / ``<type>.form`` of the provider's fixture folder, by type; not the expected
+    events, the signature vectors or the ``<type>--<variant>`` files (edge cases, not samples).
+
+    Cached (a load run sends thousands): `Provider.samples` hands out copies.
+    """
+    folder = resources.files(SAMPLES_PACKAGE).joinpath(provider)
+    samples: dict[str, dict[str, Any]] = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        stem, _, kind = entry.name.rpartition(".")
+        if "--" in stem or stem.endswith(".expected") or stem == "vectors":
+            continue
+        if kind == "json":
+            samples[stem] = json.loads(entry.read_text(encoding="utf-8"))
+        elif kind == "form":
+            samples[stem] = dict(parse_qsl(entry.read_text(encoding="utf-8").strip(), keep_blank_values=True,
+                                           strict_parsing=True))
+    if not samples:
+        raise LookupError(f"no sample payloads for provider {provider!r} in {SAMPLES_PACKAGE}")
+    return samples
 
 
 # --------------------------------------------------------------------------- signatures

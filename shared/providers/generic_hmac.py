@@ -168,20 +168,10 @@ def normalize(payload: Any, delivery: Delivery, options: Options | None = None) 
     )
 
 
-def samples() -> dict[str, dict[str, Any]]:
-    return {
-        # A sender that already speaks hooklane's canonical names.
-        "call.completed": {"type": "call.completed", "id": "evt_1", "data": {"call_id": "c_42"}},
-        # Anything else flows on as hmac.<type>.
-        "invoice.paid": {"type": "invoice.paid", "id": "evt_2", "data": {"invoice": "in_7"}},
-    }
-
-
 PROVIDER = Provider(
     name=NAME,
     event_types=EVENT_TYPES,
     normalize=normalize,
-    samples=samples,
     verify=verify,
     sign=sign,
     option_keys=OPTION_KEYS,

@@ -143,70 +143,10 @@ def normalize(payload: Any, delivery: Delivery) -> Event:
     )
 
 
-def _call(**fields: Any) -> dict[str, Any]:
-    """A phone call object of the documented shape; `fields` override or add."""
-    base: dict[str, Any] = {
-        "call_id": "Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6",
-        "call_type": "phone_call",
-        "agent_id": "oBeDLoLOeuAbiuaMFXRtDOLriTJ5tSxD",
-        "agent_version": 3,
-        "call_status": "ongoing",
-        "direction": "outbound",
-        "from_number": "+12137771234",
-        "to_number": "+14155559876",
-        "start_timestamp": 1714608475945,
-        "metadata": {"crm_lead_id": "lead_2231"},
-        "retell_llm_dynamic_variables": {"customer_name": "Zoë"},
-    }
-    base.update(fields)
-    return base
-
-
-_ENDED = {
-    "call_status": "ended",
-    "end_timestamp": 1714608491736,
-    "duration_ms": 15791,
-    "disconnection_reason": "user_hangup",
-    "transcript": "Agent: Hi Zoë, this is Maya from Sunrise Dental.\nUser: Hi, yes, Thursday at 3 works.\n",
-    "recording_url": "https://dxc03zgurdly9.cloudfront.net/Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6/recording.wav",
-    "public_log_url": "https://dxc03zgurdly9.cloudfront.net/Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6/public.log",
-    "call_cost": {"combined_cost": 7.05, "total_duration_seconds": 16},
-}
-
-_TRANSFER = {
-    "transfer_destination": {"type": "predefined", "number": "+14155550100"},
-    "transcript": "Agent: Let me connect you to the front desk.\n",
-}
-
-
-def samples() -> dict[str, dict[str, Any]]:
-    return {
-        "call_started": {"event": "call_started", "call": _call()},
-        "call_ended": {"event": "call_ended", "call": _call(**_ENDED)},
-        "call_analyzed": {"event": "call_analyzed", "call": _call(**_ENDED, call_analysis={
-            "call_summary": "The patient confirmed a cleaning appointment for Thursday at 3 pm.",
-            "in_voicemail": False,
-            "user_sentiment": "Positive",
-            "call_successful": True,
-            "custom_analysis_data": {"appointment_confirmed": True, "appointment_time": "Thursday 15:00"},
-        })},
-        "transcript_updated": {"event": "transcript_updated", "call": _call(
-            transcript="Agent: Hi Zoë, this is Maya from Sunrise Dental.\n",
-            transcript_object=[{"role": "agent", "content": "Hi Zoë, this is Maya from Sunrise Dental.",
-                                "words": []}],
-        )},
-        "transfer_started": {"event": "transfer_started", "call": _call(**_TRANSFER)},
-        "transfer_bridged": {"event": "transfer_bridged", "call": _call(**_TRANSFER)},
-        "transfer_cancelled": {"event": "transfer_cancelled", "call": _call(**_TRANSFER)},
-        "transfer_ended": {"event": "transfer_ended", "call": _call(**_TRANSFER)},
-    }
-
-
 PROVIDER = Provider(
     name=NAME,
     event_types=EVENT_TYPES,
     normalize=normalize,
-    samples=samples,
     verify=verify,
     sign=sign,
 )

@@ -196,32 +196,6 @@ def _text(value: Any) -> str | None:
     return as_str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else None
 
 
-def samples() -> dict[str, dict[str, Any]]:
-    call = {"call_id": "call_7Hq2", "direction": "outbound", "phone": "+14155550123"}
-    data: dict[str, dict[str, Any]] = {
-        "call.started": {**call, "status": "in_progress", "started_at": "2025-05-06T09:14:02Z"},
-        "call.ringing": {**call, "status": "ringing"},
-        "call.answered": {**call, "status": "in_progress", "started_at": "2025-05-06T09:14:02Z"},
-        "call.completed": {**call, "status": "completed", "outcome": "APPOINTMENT_BOOKED", "duration_seconds": 212,
-                           "started_at": "2025-05-06T09:14:02Z", "ended_at": "2025-05-06T09:17:34Z",
-                           "summary": "Booked a demo for Friday 10:00.", "extraction": {"demo_day": "Friday"},
-                           "metadata": {"crm_id": "0035e00000AbCdE"}},
-        "call.failed": {**call, "status": "failed", "outcome": "NO_ANSWER", "duration_seconds": 0},
-        "call.updated": {**call, "status": "in_progress", "transcript": "Agent: Hello, is this Sam?"},
-        "recording.ready": {**call, "recording_url": "https://media.example.com/rec/call_7Hq2.mp3"},
-        "transcript.ready": {**call, "transcript": "Agent: Hello, is this Sam?\nSam: Speaking.",
-                             "summary": "Sam asked for a callback next week."},
-        "message.received": {"id": "sms_91x", "phone": "+14155550123", "text": "STOP"},
-        "message.updated": {"id": "sms_91y", "phone": "+14155550123", "status": "delivered"},
-        "campaign.started": {"id": "cmp_spring", "status": "running"},
-        "campaign.finished": {"id": "cmp_spring", "status": "finished", "calls": 180},
-        "campaign.paused": {"id": "cmp_spring", "status": "paused"},
-        "invoice.paid": {"id": "in_1P2q3R", "amount_due": 4900, "currency": "usd"},
-    }
-    return {t: {"type": t, "timestamp": f"2025-05-06T09:{20 + i:02d}:00Z", "data": d}
-            for i, (t, d) in enumerate(data.items())}
-
-
 PROVIDER = Provider(
     name=NAME,
     forward_headers=(ID_HEADER,),
@@ -229,7 +203,6 @@ PROVIDER = Provider(
     signs_delivery_id=True,
     event_types=EVENT_TYPES,
     normalize=normalize,
-    samples=samples,
     verify=verify,
     sign=sign,
     check_secret=check_secret,

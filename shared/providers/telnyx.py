@@ -223,77 +223,10 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-# --------------------------------------------------------------------------- samples
-
-_IDS = {
-    "call_control_id": "v3:MdI91X4lWFEs7IgbBEOT9M4AigoY08M0WWZFISt1Yw2axZ_IiE4pqg",
-    "call_leg_id": "428c31b6-7af4-4bcb-b7f5-5013ef9657c1",
-    "call_session_id": "428c31b6-abf3-3bc1-b7f4-5013ef9657c1",
-    "connection_id": "1684641123236054244",
-    "client_state": "aGF2ZSBhIG5pY2UgZGF5ID1d",
-}
-_PARTIES = {"from": "+13125550100", "to": "+13125550199"}
-
-
-def _event(event_type: str, event_id: str, occurred_at: str, payload: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "data": {"record_type": "event", "event_type": event_type, "id": event_id, "occurred_at": occurred_at,
-                 "payload": payload},
-        "meta": {"attempt": 1, "delivered_to": "https://example.com/webhooks/telnyx"},
-    }
-
-
-def samples() -> dict[str, dict[str, Any]]:
-    start = "2025-06-02T14:20:27.521992Z"
-    return {
-        "call.initiated": _event("call.initiated", "2b9f4e61-0d3a-4c8e-9b57-6a1f2c3d4e5f", start, {
-            **_IDS, **_PARTIES, "direction": "incoming", "state": "parked", "start_time": start,
-            "caller_id_name": "+13125550100", "shaken_stir_attestation": "A", "custom_headers": [],
-        }),
-        "call.answered": _event("call.answered", "f3e1b3a9-9c47-4a5e-8d0e-2a7c1b1e4c11",
-                                "2025-06-02T14:20:31.104512Z", {
-            **_IDS, **_PARTIES, "state": "answered", "start_time": start,
-        }),
-        "call.hangup": _event("call.hangup", "5d2ab1c0-7e61-4b2c-9b1d-3f6f5e0b7a22", "2025-06-02T14:23:12.021992Z", {
-            **_IDS, **_PARTIES, "state": "hangup", "start_time": start, "hangup_cause": "normal_clearing",
-            "hangup_source": "caller", "sip_hangup_cause": "200",
-            "call_quality_stats": {"inbound": {"mos": "4.50", "packet_count": "8123"},
-                                   "outbound": {"packet_count": "8101"}},
-        }),
-        "call.recording.saved": _event("call.recording.saved", "a8b9c3d2-1e4f-4a6b-8c7d-9e0f1a2b3c44",
-                                       "2025-06-02T14:23:14.480331Z", {
-            **{k: v for k, v in _IDS.items() if k != "call_control_id"},
-            "channels": "single",
-            "recording_started_at": "2025-06-02T14:20:31.900000Z",
-            "recording_ended_at": "2025-06-02T14:23:12.000000Z",
-            "recording_urls": {"mp3": "https://s3.amazonaws.com/telnyx-recordings/428c31b6.mp3?X-Amz-Expires=600"},
-            "public_recording_urls": {},
-        }),
-        "call.recording.transcription.saved": _event(
-            "call.recording.transcription.saved", "c1d2e3f4-5a6b-4c7d-8e9f-0a1b2c3d4e55",
-            "2025-06-02T14:23:40.112233Z", {
-                **_IDS, "recording_id": "b3a1e8f2-6c2d-4f0e-9a7b-1c2d3e4f5a66",
-                "recording_transcription_id": "d4e5f6a7-8b9c-4d0e-9f1a-2b3c4d5e6f77", "status": "completed",
-                "transcription_text": "Hi, this is Dana from Acme Dental confirming Thursday at 3 pm.",
-            }),
-        "call.bridged": _event("call.bridged", "e2f3a4b5-6c7d-4e8f-9a0b-1c2d3e4f5a88", "2025-06-02T14:20:35.000000Z", {
-            **_IDS, **_PARTIES, "state": "bridged",
-        }),
-        "call.machine.detection.ended": _event(
-            "call.machine.detection.ended", "b5c6d7e8-9f0a-4b1c-8d2e-3f4a5b6c7d99", "2025-06-02T14:20:34.250000Z",
-            {**_IDS, **_PARTIES, "result": "human"}),
-        "call.dtmf.received": _event("call.dtmf.received", "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7caa",
-                                     "2025-06-02T14:21:02.000000Z", {**_IDS, **_PARTIES, "digit": "1"}),
-        "call.recording.error": _event("call.recording.error", "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a29bb",
-                                       "2025-06-02T14:23:13.000000Z", {**_IDS, "reason": "Recording is too short"}),
-    }
-
-
 PROVIDER = Provider(
     name=NAME,
     event_types=EVENT_TYPES,
     normalize=normalize,
-    samples=samples,
     verify=verify,
     sign=sign,
     check_secret=check_secret,

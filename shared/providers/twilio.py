@@ -313,56 +313,10 @@ def _rfc2822(value: Any) -> str | None:
         return None
 
 
-def samples() -> dict[str, dict[str, Any]]:
-    base = {
-        "AccountSid": "ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
-        "ApiVersion": "2010-04-01",
-        "CallSid": "CA1234567890abcdef1234567890abcdef",
-        "Direction": "outbound-api",
-        "From": "+14155550100",
-        "To": "+14155550199",
-        "Caller": "+14155550100",
-        "Called": "+14155550199",
-        "CallbackSource": "call-progress-events",
-    }
-
-    def status(call_status: str, seq: int, **extra: str) -> dict[str, Any]:
-        return {**base, "CallStatus": call_status, "SequenceNumber": str(seq),
-                "Timestamp": f"Tue, 14 Jan 2025 15:0{seq}:00 +0000", **extra}
-
-    recording = {
-        "AccountSid": base["AccountSid"],
-        "CallSid": base["CallSid"],
-        "RecordingSid": "RE1234567890abcdef1234567890abcdef",
-        "RecordingUrl": "https://api.twilio.com/2010-04-01/Accounts/ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX/"
-                        "Recordings/RE1234567890abcdef1234567890abcdef",
-        "RecordingChannels": "1",
-        "RecordingSource": "OutboundAPI",
-        "RecordingStartTime": "Tue, 14 Jan 2025 15:02:05 +0000",
-        "RecordingTrack": "both",
-        "ErrorCode": "0",
-    }
-    return {
-        "queued": status("queued", 0),
-        "initiated": status("initiated", 0),
-        "ringing": status("ringing", 1),
-        "in-progress": status("in-progress", 2),
-        "completed": status("completed", 3, CallDuration="184"),
-        "busy": status("busy", 3, CallDuration="0", SipResponseCode="486"),
-        "failed": status("failed", 3, CallDuration="0", SipResponseCode="500"),
-        "no-answer": status("no-answer", 3, CallDuration="0", SipResponseCode="487"),
-        "canceled": status("canceled", 3, CallDuration="0"),
-        "recording.in-progress": {**recording, "RecordingStatus": "in-progress", "RecordingDuration": "-1"},
-        "recording.completed": {**recording, "RecordingStatus": "completed", "RecordingDuration": "182"},
-        "recording.absent": {**recording, "RecordingStatus": "absent", "RecordingDuration": "0"},
-    }
-
-
 PROVIDER = Provider(
     name=NAME,
     event_types=EVENT_TYPES,
     normalize=normalize,
-    samples=samples,
     verify=verify,
     sign=sign,
     methods=("POST", "GET"),

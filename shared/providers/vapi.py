@@ -237,68 +237,10 @@ def _ended_type(reason: str | None, started_at: str | None) -> str:
     return "call.completed"
 
 
-def samples() -> dict[str, dict[str, Any]]:
-    call = {
-        "id": "a1b2c3d4-0000-4000-8000-00000000c411",
-        "orgId": "org_1",
-        "type": "outboundPhoneCall",
-        "status": "in-progress",
-        "phoneNumberId": "pn_1",
-        "customer": {"number": "+14155550199"},
-        "startedAt": "2025-03-14T15:02:11.000Z",
-    }
-    customer = {"number": "+14155550199"}
-    ts = 1741964531000
-
-    def message(kind: str, offset: int, **fields: Any) -> dict[str, Any]:
-        return {"message": {"type": kind, "timestamp": ts + offset, "call": call, "customer": customer, **fields}}
-
-    return {
-        "status-update": message("status-update", 0, status="in-progress"),
-        "end-of-call-report": message(
-            "end-of-call-report", 185_000,
-            endedReason="customer-ended-call",
-            startedAt="2025-03-14T15:02:11.000Z",
-            endedAt="2025-03-14T15:05:15.000Z",
-            durationSeconds=184,
-            cost=0.42,
-            artifact={
-                "transcript": "AI: Hi Jane, this is Ava from Acme Solar.\nUser: Yes, Tuesday works.",
-                "messages": [{"role": "bot", "message": "Hi Jane, this is Ava from Acme Solar."}],
-                "recordingUrl": "https://storage.vapi.ai/a1b2c3d4-mono.wav",
-                "stereoRecordingUrl": "https://storage.vapi.ai/a1b2c3d4-stereo.wav",
-            },
-            analysis={"summary": "Site visit booked for Tuesday.",
-                      "structuredData": {"interested": True, "appointment": "2025-03-18T10:00:00-05:00"},
-                      "successEvaluation": "true"},
-        ),
-        "hang": message("hang", 60_000),
-        "transcript": message("transcript", 12_000, role="user", transcriptType="final",
-                              transcript="Yes, Tuesday works."),
-        "speech-update": message("speech-update", 11_000, status="started", role="user"),
-        "conversation-update": message("conversation-update", 13_000,
-                                       messages=[{"role": "user", "message": "Yes, Tuesday works."}]),
-        "tool-calls": message("tool-calls", 14_000, toolCallList=[
-            {"id": "toolu_1", "type": "function", "function": {"name": "book", "arguments": {"day": "Tue"}}}]),
-        "transfer-update": message("transfer-update", 90_000, destination={"type": "number", "number": "+14155550100"}),
-        "user-interrupted": message("user-interrupted", 15_000),
-        "model-output": message("model-output", 16_000, output="Great, I have you down for Tuesday."),
-        "assistant-request": message("assistant-request", -1_000),
-        "transfer-destination-request": message("transfer-destination-request", 89_000),
-        "knowledge-base-request": message("knowledge-base-request", 17_000,
-                                          messages=[{"role": "user", "content": "What are your hours?"}]),
-        "voice-input": message("voice-input", 18_000, input="Great, I have you down for Tuesday."),
-        "language-change-detected": message("language-change-detected", 19_000, language="es"),
-        "phone-call-control": message("phone-call-control", 20_000, request="forward",
-                                      destination={"type": "number", "number": "+14155550100"}),
-    }
-
-
 PROVIDER = Provider(
     name=NAME,
     event_types=EVENT_TYPES,
     normalize=normalize,
-    samples=samples,
     verify=verify,
     sign=sign,
     option_keys=OPTION_KEYS,

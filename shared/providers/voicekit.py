@@ -76,53 +76,8 @@ def normalize(payload: Any, delivery: Delivery) -> Event:
     )
 
 
-def samples() -> dict[str, dict[str, Any]]:
-    # The document's own examples, verbatim.
-    return {
-        "call_started": {
-            "event": "call_started",
-            "timestamp": "2024-01-15T10:30:00.000Z",
-            "data": {"call_id": 123, "workflow_slug": "customer-support", "phone_number": "+1234567890"},
-        },
-        "call_ended": {
-            "event": "call_ended",
-            "timestamp": "2024-01-15T10:32:30.000Z",
-            "data": {
-                "call_id": 123,
-                "workflow_slug": "customer-support",
-                "phone_number": "+1234567890",
-                "duration_seconds": 150,
-                "duration_minutes": 3,
-            },
-        },
-        "call_finalized": {
-            "event": "call_finalized",
-            "timestamp": "2024-01-15T10:33:00.000Z",
-            "data": {
-                "call_id": 123,
-                "call_slug": "abc12345",
-                "recording_url": "https://recordings.voicekit.com/path/to/audio.ogg",
-                "workflow_id": 456,
-                "organization_id": 789,
-                "egress_info": {
-                    "egress_id": "EG_dmi8xHQYNX6r",
-                    "room_id": "RM_kfWfYGzHvVYy",
-                    "room_name": "VOICEKIT_workflow_abc12345_8453",
-                    "status": "EGRESS_COMPLETE",
-                    "started_at": "1749599674369480049",
-                    "ended_at": "1749599765791839485",
-                    "duration": "88756989820",
-                    "file_size": "1442477",
-                    "file_type": "ogg",
-                },
-            },
-        },
-    }
-
-
 PROVIDER = Provider(
     name=NAME,
     event_types=EVENT_TYPES,
     normalize=normalize,
-    samples=samples,
 )

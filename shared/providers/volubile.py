@@ -118,76 +118,10 @@ def normalize(payload: Any, delivery: Delivery) -> Event:
     )
 
 
-def samples() -> dict[str, dict[str, Any]]:
-    # The document's example, verbatim.
-    completed: dict[str, Any] = {
-        "id": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
-        "agentId": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
-        "phone": "+33612345678",
-        "type": "INBOUND",
-        "duration": 360,
-        "startTime": "2024-07-30T14:35:00Z",
-        "endTime": "2024-07-30T14:41:00Z",
-        "anonymous": False,
-        "status": "COMPLETED",
-        "extractors": [
-            {
-                "name": "customer",
-                "value": [
-                    {"name": "firstname", "value": ["John"]},
-                    {"name": "lastname", "value": ["Doe"]},
-                    {"name": "address", "value": ["123 Main St"]},
-                ],
-            },
-            {"name": "example", "value": ["example1", "example2"]},
-        ],
-        "extractorData": {
-            "customer": {"firstname": "John", "lastname": "Doe", "address": "123 Main St"},
-            "example": "example1",
-        },
-        "classifiers": [
-            {"name": "Customer's request", "value": "Refund", "type": "PRIMARY"},
-            {"name": "Sentiment", "value": "Positive", "type": "SECONDARY"},
-        ],
-        "classifierData": {"Customer's request": "Refund", "Sentiment": "Positive"},
-        "context": {
-            "firstName": "firstname",
-            "lastName": "lastname",
-            "commandNumber": "5HZ99FRT",
-            "system.phone": "+33612345678",
-        },
-        "recorded": True,
-        "summary": "Discussed project requirements and next steps.",
-        "created": "2024-07-30T14:45:00Z",
-    }
-    failed: dict[str, Any] = {
-        "id": "7f1d2a9e-5b3c-4e8a-9c41-2b6e0d8f3a17",
-        "agentId": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
-        "phone": "+33698765432",
-        "type": "OUTBOUND",
-        "duration": 0,
-        "startTime": "2024-07-30T15:02:00Z",
-        "endTime": "2024-07-30T15:02:30Z",
-        "anonymous": False,
-        "status": "FAILED",
-        "extractors": [],
-        "extractorData": {},
-        "classifiers": [],
-        "classifierData": {},
-        "context": {"firstName": "Marie", "lastName": "Curie", "commandNumber": "7KQ12LMN",
-                    "system.phone": "+33698765432"},
-        "recorded": False,
-        "summary": None,
-        "created": "2024-07-30T15:02:31Z",
-    }
-    return {"COMPLETED": completed, "FAILED": failed}
-
-
 PROVIDER = Provider(
     name=NAME,
     event_types=EVENT_TYPES,
     normalize=normalize,
-    samples=samples,
     verify=verify,
     sign=sign,
 )

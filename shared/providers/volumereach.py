@@ -108,41 +108,12 @@ def normalize(payload: Any, delivery: Delivery) -> Event:
     )
 
 
-def samples() -> dict[str, dict[str, Any]]:
-    return {
-        "call.completed": {
-            "event": "call.completed",
-            "data": {
-                "call_id": "call_xyz",
-                "agent_id": "va_abc",
-                "status": "completed",
-                "outcome": "INTERESTED",
-                "duration_seconds": 184,
-                "started_at": "2025-03-14T15:02:11Z",
-                "ended_at": "2025-03-14T15:05:15Z",
-                "recording_url": "https://cdn.volumereach.com/rec/call_xyz.mp3?exp=900",
-                "transcript": "Agent: Hi Jane, this is Ava calling about 123 Oak St...\nJane: Yes, Tuesday works.",
-                "contact": {"name": "Jane Smith", "phone": "+15551234567"},
-                "extraction": {
-                    "summary": "Owner interested; site visit booked for Tuesday 10am.",
-                    "interested": True,
-                    "appointmentDateTimeISO": "2025-03-18T10:00:00-05:00",
-                    "appointmentDurationMinutes": 60,
-                    "contactEmail": "jane@example.com",
-                },
-                "metadata": {"crmLeadId": "lead_8841", "test": True},
-            },
-        },
-    }
-
-
 PROVIDER = Provider(
     name=NAME,
     forward_headers=(DELIVERY_ID_HEADER, TIMESTAMP_HEADER),
     delivery_id_header=DELIVERY_ID_HEADER,
     event_types=EVENT_TYPES,
     normalize=normalize,
-    samples=samples,
     verify=verify,
     sign=sign,
 )

@@ -126,83 +126,10 @@ def normalize(payload: Any, delivery: Delivery) -> Event:
     )
 
 
-def samples() -> dict[str, dict[str, Any]]:
-    return {
-        "call.started": {
-            "event": "call.started",
-            "timestamp": "2025-02-09T11:57:53Z",
-            "data": {
-                "callId": "call_xyz789",
-                "campaignId": "camp_abc123",
-                "status": "in_progress",
-                "toNumber": "+14155551234",
-            },
-        },
-        # The document's own example, with its elided values filled in.
-        "call.completed": {
-            "event": "call.completed",
-            "timestamp": "2025-02-09T12:00:00Z",
-            "data": {
-                "callId": "call_xyz789",
-                "status": "completed",
-                "duration": 127,
-                "toNumber": "+14155551234",
-                "recording": "https://recordings.voxpria.com/call_xyz789.mp3",
-                "transcript": "Agent: Hi, this is Ava from Acme Solar.\nCustomer: Hi, yes, I have a minute.",
-            },
-        },
-        "call.failed": {
-            "event": "call.failed",
-            "timestamp": "2025-02-09T12:03:10Z",
-            "data": {
-                "callId": "call_xyz790",
-                "campaignId": "camp_abc123",
-                "status": "failed",
-                "duration": 0,
-                "toNumber": "+14155550199",
-                "error": "no-answer",
-            },
-        },
-        "campaign.started": {
-            "event": "campaign.started",
-            "timestamp": "2025-02-09T09:00:00Z",
-            "data": {
-                "campaignId": "camp_abc123",
-                "name": "February renewals",
-                "status": "running",
-                "totalContacts": 250,
-            },
-        },
-        "campaign.finished": {
-            "event": "campaign.finished",
-            "timestamp": "2025-02-09T17:30:00Z",
-            "data": {
-                "campaignId": "camp_abc123",
-                "name": "February renewals",
-                "status": "finished",
-                "totalContacts": 250,
-                "completedCalls": 212,
-                "failedCalls": 38,
-            },
-        },
-        "campaign.paused": {
-            "event": "campaign.paused",
-            "timestamp": "2025-02-09T12:30:00Z",
-            "data": {
-                "campaignId": "camp_abc123",
-                "name": "February renewals",
-                "status": "paused",
-                "completedCalls": 97,
-            },
-        },
-    }
-
-
 PROVIDER = Provider(
     name=NAME,
     event_types=EVENT_TYPES,
     normalize=normalize,
-    samples=samples,
     verify=verify,
     sign=sign,
 )

@@ -26,13 +26,14 @@ import hashlib
 import hmac
 import time
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from hooklane.shared.config import HandlerConfig, standard_webhooks_key
 from hooklane.shared.events import dumps
+from hooklane.shared.redaction import safe_url
 from hooklane.workers.errors import PermanentError, TransientError
 
 TRANSIENT_STATUSES = {408, 425, 429}
@@ -58,15 +59,6 @@ def sign_standard_webhook(secret: bytes, msg_id: str, timestamp: int, body: byte
         "webhook-timestamp": str(timestamp),
         "webhook-signature": "v1," + base64.b64encode(digest).decode("ascii"),
     }
-
-
-def safe_url(url: str) -> str:
-    """The URL without credentials or query (either may hold a secret) for messages and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
