@@ -202,6 +202,22 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, _: Any) -> None:
         raise AttributeError("the stream of this handler is always sys.stderr")
 
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802  (stdlib's name)
+        # logging swallows what emit raises; an exception a signal handler raised into the thread while it was
+        # writing this line (RQ's StopRequested on SIGTERM) is not the line's error and must reach the program.
+        if isinstance(sys.exc_info()[1], _RAISED_THROUGH):
+            raise  # noqa: PLE0704  (re-raises the exception being handled)
+        super().handleError(record)
+
+
+_RAISED_THROUGH: tuple[type[BaseException], ...] = ()
+
+
+def raise_through_handlers(*types: type[BaseException]) -> None:
+    """Exceptions (raised by signal handlers) that writing a log line must never swallow."""
+    global _RAISED_THROUGH
+    _RAISED_THROUGH = tuple({*_RAISED_THROUGH, *types})
+
 
 # RQ's maintenance pass logs these at info every maintenance interval: noise at info, kept at debug.
 _ROUTINE_FOREIGN_LINES = frozenset({

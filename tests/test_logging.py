@@ -495,3 +495,22 @@ def test_rq_maintenance_lines_are_debug(level: str, capsys: pytest.CaptureFixtur
     if level == "DEBUG":
         expected.insert(0, ("Worker w1: cleaning registries for queue: hooklane", "debug"))
     assert [(ln["event"], ln["level"]) for ln in lines] == expected
+
+
+def test_an_exception_a_signal_handler_raises_while_a_line_is_written_is_not_swallowed(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    class Stop(Exception):
+        pass
+
+    class Interrupted(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            raise Stop  # as RQ's SIGTERM handler would, arriving while the line is being written
+
+    monkeypatch.setattr(hl_logging, "_RAISED_THROUGH", ())
+    hl_logging.raise_through_handlers(Stop)
+    (handler,) = [h for h in logging.getLogger().handlers if isinstance(h, hl_logging._StderrHandler)]
+    monkeypatch.setattr(handler, "format", lambda record: Interrupted().filter(record))
+
+    with pytest.raises(Stop):
+        logging.getLogger("rq.worker").warning("a line")
+    assert "Logging error" not in capsys.readouterr().err

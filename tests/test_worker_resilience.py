@@ -5,6 +5,7 @@ The real faults (Redis stopped, full, a worker killed) are in tests/test_worker_
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -68,6 +69,36 @@ def test_a_stopping_process_does_not_wait_for_redis(state):
         resilience.RideOut().call_with_retry(do, lambda _: None)
     assert len(calls) == 1
     assert resilience.RideOut().call_with_retry(do, lambda _: None) == "ok", "waiting again after the block"
+
+
+class Stop(Exception):
+    """Stands for RQ's StopRequested, which its SIGTERM handler raises into the main thread."""
+
+
+def test_a_stop_asked_by_signal_is_raised_by_the_wait_even_if_a_library_swallowed_it(state):
+    # The signal handler's StopRequested can be swallowed on its way up (seen: inside logging's emit); the
+    # main thread's next wait raises it again, so an idle worker in an outage still stops.
+    state.stop_waiting(raise_instead=Stop)
+    do, _ = flaky([redis.ConnectionError("refused")] * 3)
+    with pytest.raises(Stop):
+        resilience.RideOut().call_with_retry(do, lambda _: None)
+
+    other_thread: list[BaseException] = []
+
+    def in_a_thread() -> None:
+        try:
+            resilience.RideOut().call_with_retry(flaky([redis.ConnectionError("refused")])[0], lambda _: None)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at what was raised
+            other_thread.append(exc)
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert [type(e) for e in other_thread] == [redis.ConnectionError], "other threads get the outage error"
+
+    do, _ = flaky([redis.ConnectionError("refused")])
+    with state.not_waiting(), pytest.raises(redis.ConnectionError):  # teardown's one try: its own error
+        resilience.RideOut().call_with_retry(do, lambda _: None)
 
 
 def test_a_failing_reconnect_in_the_failure_handler_does_not_end_the_wait(state):

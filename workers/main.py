@@ -33,7 +33,7 @@ import structlog
 from prometheus_client.exposition import ThreadingWSGIServer
 from rq import SimpleWorker, Worker
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
-from rq.exceptions import AbandonedJobError
+from rq.exceptions import AbandonedJobError, StopRequested
 from rq.job_lifecycle import call_exception_handlers
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
@@ -158,7 +158,14 @@ class _HooklaneWorker:
     def request_stop(self, signum: Any, frame: Any) -> None:
         # The handler runs on top of whatever the worker was doing, a job included: its lines are not the job's.
         with _outside_job():
-            super().request_stop(signum, frame)  # type: ignore[misc]
+            try:
+                super().request_stop(signum, frame)  # type: ignore[misc]
+            except StopRequested:
+                # Idle: RQ raises StopRequested into the main thread, where a library that catches Exception can
+                # swallow it (seen: logging's emit). The loop's own check and the Redis wait loop stop it too.
+                self._stop_requested = True
+                resilience.STATE.stop_waiting(raise_instead=StopRequested)
+                raise
 
     def request_force_stop(self, signum: Any, frame: Any) -> None:
         # A cold stop (second SIGTERM) means "now": stop waiting for Redis too.
@@ -215,6 +222,9 @@ class HooklaneSimpleWorker(_HooklaneWorker, SimpleWorker):
 
 class HooklaneForkWorker(_HooklaneWorker, Worker):
     """Forks a work horse per job: isolates user callables that leak or crash, at a throughput cost."""
+
+
+hl_logging.raise_through_handlers(StopRequested)
 
 
 def build_worker(config: Config, *, redis: Any = None, name: str | None = None) -> Worker | SimpleWorker:

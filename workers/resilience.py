@@ -84,23 +84,31 @@ class RedisState:
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._waiting = True
+        self._stop_error: type[BaseException] | None = None
 
     @property
     def waiting(self) -> bool:
         return self._waiting
 
-    def stop_waiting(self) -> None:
-        """From now on an outage raises at once: the process is on its way out."""
+    def stop_waiting(self, raise_instead: type[BaseException] | None = None) -> None:
+        """From now on an outage raises at once: the process is on its way out.
+
+        `raise_instead`: what the outage raises as, e.g. the worker's StopRequested. RQ raises that from
+        its SIGTERM handler into whatever the main thread is running, and a library that catches Exception
+        there (logging's emit, while a line is written) swallows it; the wait loop then raises it again.
+        """
         self._waiting = False
+        self._stop_error = raise_instead or self._stop_error
 
     @contextlib.contextmanager
     def not_waiting(self) -> Iterator[None]:
         """An outage raises at once inside the block (a worker's teardown: one try, then exit)."""
         before, self._waiting = self._waiting, False
+        stop_error, self._stop_error = self._stop_error, None  # the block's outage is its own to handle
         try:
             yield
         finally:
-            self._waiting = before
+            self._waiting, self._stop_error = before, stop_error
 
     def failed(self, error: BaseException) -> None:
         with self._lock:
@@ -119,6 +127,10 @@ class RedisState:
             outage = time.monotonic() - self._down_since
             self._down_since = None
         log.info("redis.recovered", outage_s=round(outage, 3), pid=os.getpid())
+
+    @property
+    def stop_error(self) -> type[BaseException] | None:
+        return self._stop_error
 
     @property
     def down(self) -> bool:
@@ -143,7 +155,13 @@ class RideOut(Retry):
             try:
                 result = do()
             except self._supported_errors as error:
-                if not is_outage(error) or (is_retryable and not is_retryable(error)) or not STATE.waiting:
+                if not is_outage(error) or (is_retryable and not is_retryable(error)):
+                    raise
+                if not STATE.waiting:
+                    # The stop is the main thread's to raise (its signal handler's); other threads (RQ's pubsub)
+                    # get the outage error they handle.
+                    if STATE.stop_error is not None and threading.current_thread() is threading.main_thread():
+                        raise STATE.stop_error() from error
                     raise
                 failures += 1
                 STATE.failed(error)
