@@ -7,29 +7,36 @@ Sentinel-managed primary (failover follows the primary).
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from redis import Redis
-from redis.sentinel import Sentinel
+from redis import BlockingConnectionPool, Redis
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's primary discovery with a bounded pool that waits for a free connection."""
 
 
 def connect(url: str, *, socket_timeout: float | None = 5.0, connect_timeout: float = 2.0,
-            single_connection: bool = False) -> Redis:
+            single_connection: bool = False, max_connections: int | None = None) -> Redis:
     """`single_connection` keeps one connection instead of a pool: for a process that serves one
     request at a time (a gunicorn sync worker) it saves the pool's get/release on every command
-    (~20 µs of ~100, measured in docs/benchmarks.md); redis-py still locks it for threads."""
+    (~20 µs of ~100, measured in docs/benchmarks.md); redis-py still locks it for threads.
+    `max_connections` bounds the pool for a threaded process: a thread that finds them all in use
+    waits for one (instead of redis-py's "Too many connections" error)."""
     if url.startswith("redis+sentinel://"):
-        return _sentinel(url, socket_timeout, connect_timeout)
-    return Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        health_check_interval=30,
-        single_connection_client=single_connection,
-    )
+        return _sentinel(url, socket_timeout, connect_timeout, max_connections)
+    options: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout,
+                               "health_check_interval": 30}
+    if max_connections is not None:
+        pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **options)
+        return Redis(connection_pool=pool)
+    return Redis.from_url(url, single_connection_client=single_connection, **options)
 
 
-def _sentinel(url: str, socket_timeout: float | None, connect_timeout: float) -> Redis:
+def _sentinel(url: str, socket_timeout: float | None, connect_timeout: float,
+              max_connections: int | None = None) -> Redis:
     parts = urlsplit(url)
     hosts = []
     for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
@@ -41,4 +48,8 @@ def _sentinel(url: str, socket_timeout: float | None, connect_timeout: float) ->
     service, db = path[0], int(path[1]) if len(path) > 1 else 0
     password = parts.password or (parse_qs(parts.query).get("password") or [None])[0]
     sentinel = Sentinel(hosts, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
-    return sentinel.master_for(service, db=db, password=password, socket_timeout=socket_timeout)
+    if max_connections is None:
+        return sentinel.master_for(service, db=db, password=password, socket_timeout=socket_timeout)
+    return sentinel.master_for(service, db=db, password=password, socket_timeout=socket_timeout,
+                               connection_pool_class=_BlockingSentinelPool, max_connections=max_connections,
+                               timeout=30)

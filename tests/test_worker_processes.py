@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from conftest import set_worker_concurrency
 
 from ingest.app import create_app
 from shared import deadletters
@@ -91,8 +92,9 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
-def setup(tmp_path: Path, redis_server, make_config: Callable[..., Config], handler: str) -> tuple[Config, Workers]:
-    text = CONFIG.format(url=redis_server.url, handler=handler)
+def setup(tmp_path: Path, redis_server, make_config: Callable[..., Config], handler: str,
+          concurrency: int = 1) -> tuple[Config, Workers]:
+    text = set_worker_concurrency(CONFIG.format(url=redis_server.url, handler=handler), concurrency)
     path = tmp_path / "hooklane.toml"
     path.write_text(text)
     return make_config(text, redis_url=redis_server.url), Workers(path, redis_server.url)
@@ -116,9 +118,9 @@ def workers_cleanup() -> Iterator[list[Workers]]:
 
 
 def test_a_worker_killed_mid_handler_loses_nothing_and_recovery_is_bounded(
-    tmp_path, redis_server, real_redis, make_config, workers_cleanup
+    tmp_path, redis_server, real_redis, make_config, workers_cleanup, worker_concurrency
 ):
-    cfg, workers = setup(tmp_path, redis_server, make_config, "hang_once")
+    cfg, workers = setup(tmp_path, redis_server, make_config, "hang_once", worker_concurrency)
     workers_cleanup.append(workers)
     deliver(cfg, real_redis, "call_kill")
     victim = workers.start()
@@ -139,8 +141,8 @@ def test_a_worker_killed_mid_handler_loses_nothing_and_recovery_is_bounded(
 
 
 def test_sigterm_lets_the_current_job_finish_then_exits(tmp_path, redis_server, real_redis, make_config,
-                                                        workers_cleanup):
-    cfg, workers = setup(tmp_path, redis_server, make_config, "slow")
+                                                        workers_cleanup, worker_concurrency):
+    cfg, workers = setup(tmp_path, redis_server, make_config, "slow", worker_concurrency)
     workers_cleanup.append(workers)
     deliver(cfg, real_redis, "call_term")
     proc = workers.start()

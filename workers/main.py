@@ -22,12 +22,14 @@ from typing import Any
 
 from prometheus_client.exposition import ThreadingWSGIServer
 from rq import SimpleWorker, Worker
+from rq.worker import BaseWorker
 
 from shared import logging as hl_logging
 from shared.config import Config
 from shared.jobs import SERIALIZER, rq_queue
 from shared.redisconn import connect
 from workers import jobs, runtime
+from workers.threaded import ThreadedWorker
 
 log = hl_logging.get_logger("hooklane.worker")
 
@@ -63,13 +65,32 @@ class HooklaneForkWorker(_Grace, Worker):
     """Forks a work horse per job: isolates user callables that leak or crash, at a throughput cost."""
 
 
-def build_worker(config: Config, *, redis: Any = None, name: str | None = None) -> Worker | SimpleWorker:
-    conn = redis if redis is not None else connect(config.redis.url, socket_timeout=None)
+class HooklaneThreadedWorker(_Grace, ThreadedWorker):
+    """`[worker] concurrency` > 1: that many jobs at once in threads of this process (workers/threaded.py)."""
+
+
+# Redis connections a threaded worker uses besides its jobs': the dequeue, the heartbeat thread, RQ's pubsub
+# thread, and one spare.
+OWN_CONNECTIONS = 4
+
+
+def worker_class(config: Config) -> type[BaseWorker]:
+    if config.worker.worker_class == "fork":
+        return HooklaneForkWorker  # config refuses concurrency > 1 with it
+    return HooklaneThreadedWorker if config.worker.concurrency > 1 else HooklaneSimpleWorker
+
+
+def build_worker(config: Config, *, redis: Any = None, name: str | None = None) -> BaseWorker:
+    cls = worker_class(config)
+    threaded = issubclass(cls, ThreadedWorker)
+    conn = redis if redis is not None else connect(
+        config.redis.url, socket_timeout=None,
+        max_connections=config.worker.concurrency + OWN_CONNECTIONS if threaded else None)
     rt = runtime.Runtime.build(config, conn)
     runtime.install(rt)
     # RQ logs a failing job's traceback itself: mask the configured secrets there too, whatever a handler raised.
     hl_logging.add_secret_values(rt.redact.values)
-    cls = HooklaneSimpleWorker if config.worker.worker_class == "simple" else HooklaneForkWorker
+    extra = {"concurrency": config.worker.concurrency} if threaded else {}
     worker = cls(
         [rq_queue(conn, config)],
         connection=conn,
@@ -81,12 +102,13 @@ def build_worker(config: Config, *, redis: Any = None, name: str | None = None) 
         # dequeues; RQ's default (420 s) would let an abandoned job wait ~7 min for recovery.
         worker_ttl=config.worker.maintenance_interval_seconds + 15,
         job_monitoring_interval=min(30, config.worker.job_timeout_seconds),
+        **extra,
     )
     worker.abandoned_grace = config.worker.abandoned_grace_seconds
     return worker
 
 
-def start_metrics_server(config: Config, worker: Worker | SimpleWorker, port: int, *, redis: Any = None,
+def start_metrics_server(config: Config, worker: BaseWorker, port: int, *, redis: Any = None,
                          addr: str = "0.0.0.0") -> ThreadingWSGIServer:
     """Serve /metrics (this process's counters + the queue gauges) and /healthz on `port`, from a daemon thread."""
     from shared.queue_metrics import build_registry
@@ -105,7 +127,7 @@ def start_metrics_server(config: Config, worker: Worker | SimpleWorker, port: in
 
 def run(config: Config, *, burst: bool = False, with_scheduler: bool = True, name: str | None = None,
         metrics_port: int | None = None) -> bool:
-    """Work until SIGTERM (finish the current job, then exit) or, with `burst`, until the queue is empty.
+    """Work until SIGTERM (finish the jobs in flight, then exit) or, with `burst`, until the queue is empty.
 
     `metrics_port` (else `[worker] metrics_port`) serves /metrics and /healthz for this process; give each
     worker process on a host its own port.
@@ -113,10 +135,10 @@ def run(config: Config, *, burst: bool = False, with_scheduler: bool = True, nam
     hl_logging.configure()
     worker = build_worker(config, name=name)
     log.info("worker.starting", worker=worker.name, queue=rq_queue(worker.connection, config).name,
-             worker_class=config.worker.worker_class, burst=burst)
+             worker_class=config.worker.worker_class, concurrency=config.worker.concurrency, burst=burst)
     port = metrics_port if metrics_port is not None else config.worker.metrics_port
     if port:
         start_metrics_server(config, worker, port)
-    # RQ installs its own SIGTERM handler: a warm shutdown, the current job finishes first.
+    # RQ installs its own SIGTERM handler: a warm shutdown, the jobs in flight finish first.
     return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=os.environ.get(
         "HOOKLANE_LOG_LEVEL", "INFO").upper())
