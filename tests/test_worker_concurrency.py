@@ -225,6 +225,7 @@ def test_redeliveries_of_one_event_running_at_once_fan_out_exactly_once(make_con
     build_worker(cfg, redis=real_redis).work(burst=True)
     assert len(th.CALLS) == 1
     assert deadletters.count(real_redis, cfg) == 0
+    assert deadletters.count(real_redis, cfg) == 0
 
 
 def test_concurrent_jobs_count_every_event_and_log_only_their_own_ids(
@@ -359,3 +360,20 @@ def test_the_concurrency_flag_overrides_the_config_and_is_checked_like_it(make_c
         with_concurrency(make_config('[worker]\nworker_class = "fork"'), 4)
     with pytest.raises(ConfigError, match="--concurrency: must be an integer >= 1"):
         with_concurrency(make_config(), 0)
+
+
+def test_the_same_delivery_queued_twice_and_run_at_once_fans_out_once(make_config, redis_server, real_redis):
+    from shared.envelope import Delivery, utc_now_iso
+    from shared.jobs import enqueue_delivery
+    from shared.providers import volumereach
+
+    cfg = make(make_config, redis_server, concurrency=8, handler="overlapping")
+    body = volumereach.samples()["call.completed"]
+    # What a client retry of ingest's enqueue can leave: one job id twice in the queue.
+    d = Delivery(id="f" * 32, source="vr", provider="volumereach", received_at=utc_now_iso(),
+                 body=json.dumps(body).encode(), headers={})
+    enqueue_delivery(real_redis, d, cfg)
+    enqueue_delivery(real_redis, d, cfg)
+    build_worker(cfg, redis=real_redis).work(burst=True)
+    assert len(th.CALLS) == 1
+    assert deadletters.count(real_redis, cfg) == 0

@@ -37,7 +37,8 @@ from shared.jobs import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
 from shared.providers import PROVIDERS
 from workers import metrics, runtime
 from workers.backoff import delays
-from workers.errors import NormalizeFailed, PermanentError, is_permanent
+from workers.dedupe import RUNNING
+from workers.errors import NormalizeFailed, PermanentError, TransientError, is_permanent
 
 log = hl_logging.get_logger("hooklane.worker")
 
@@ -92,7 +93,10 @@ def process_delivery(envelope: dict[str, Any]) -> None:
     hl_logging.bind(event_id=event.id, event_type=event.type)
     prefix = rt.config.redis.prefix
 
-    claim = rt.deduper.claim(event.id, delivery.id)
+    claim = rt.deduper.claim(event.id, delivery.id, runtime.current_execution.get())
+    if claim.state == RUNNING:
+        # Retried once the other run's execution can no longer be alive: by then it settled (DUPLICATE) or died.
+        raise TransientError("this delivery is running in another job", retry_after=max(claim.running_for, 1))
     if claim.duplicate:
         log.info("event.duplicate")
         pipe = rt.redis.pipeline(transaction=False)

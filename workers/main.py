@@ -48,6 +48,13 @@ class _Grace:
         remaining = (job.timeout or 60) - working_time
         return int(min(remaining, self.job_monitoring_interval)) + self.abandoned_grace  # type: ignore[attr-defined]
 
+    def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
+        token = runtime.current_execution.set(execution.composite_key)
+        try:
+            return super().perform_job(job, queue, execution)  # type: ignore[misc]
+        finally:
+            runtime.current_execution.reset(token)
+
     def execute_job(self, job: Any, queue: Any) -> Any:
         try:
             return super().execute_job(job, queue)  # type: ignore[misc]
