@@ -167,8 +167,9 @@ class ThreadedWorker(BaseWorker):
 
     # ----------------------------------------------------------------- what RQ calls
 
-    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
-        super().bootstrap(*args, **kwargs)
+    def _start_threads(self) -> None:
+        # Started at the first dequeue, not in bootstrap(): work() forks RQ's scheduler in between, and a
+        # fork is safest while the process has no threads of ours.
         self._slots = [threading.Thread(target=self._slot, name=f"hooklane-job-{i}", daemon=True)
                        for i in range(self.concurrency)]
         for thread in self._slots:
@@ -178,6 +179,8 @@ class ThreadedWorker(BaseWorker):
         self._heartbeat_thread.start()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        if not self._slots:
+            self._start_threads()
         self._wait(lambda: len(self._running) < self.concurrency)
         while True:
             self._interruptible = True
@@ -235,8 +238,7 @@ class ThreadedWorker(BaseWorker):
 
     def teardown(self) -> None:
         try:
-            if not self._cold_stop and not self.is_horse:
-                self._drain()
+            self.drain()
         finally:
             self._beating.set()
             for _ in self._slots:
@@ -324,9 +326,10 @@ class ThreadedWorker(BaseWorker):
             if len(pipe):
                 pipe.execute()
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
+        """Wait for the jobs in flight (at most their timeouts); nothing to do after a cold stop."""
         with self._cond:
-            if not self._running:
+            if not self._running or self._cold_stop:
                 return
             # Each job is bounded by its own timeout (the watchdog), plus slack for settling it in Redis.
             longest = max((r.job.timeout or Queue.DEFAULT_TIMEOUT) - (time.monotonic() - r.taken_at)
