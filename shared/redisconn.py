@@ -14,8 +14,20 @@ from redis import BlockingConnectionPool, Redis
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 
-class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
-    """Sentinel's primary discovery with a bounded pool that waits for a free connection."""
+class _Blocking(BlockingConnectionPool):
+    """A bounded pool that waits for a free connection (instead of "Too many connections")."""
+
+    def set_retry(self, retry: Any) -> None:
+        # redis-py 8.1's inherited set_retry walks ConnectionPool's lists, which this pool does not keep.
+        self.connection_kwargs["retry"] = retry
+        for conn in self._connections:
+            conn.retry = retry
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, _Blocking):
+    """Sentinel's primary discovery with the bounded, waiting pool."""
+
+    set_retry = _Blocking.set_retry
 
 
 def connect(url: str, *, socket_timeout: float | None = 5.0, connect_timeout: float = 2.0,
@@ -30,7 +42,7 @@ def connect(url: str, *, socket_timeout: float | None = 5.0, connect_timeout: fl
     options: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout,
                                "health_check_interval": 30}
     if max_connections is not None:
-        pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **options)
+        pool = _Blocking.from_url(url, max_connections=max_connections, timeout=30, **options)
         return Redis(connection_pool=pool)
     return Redis.from_url(url, single_connection_client=single_connection, **options)
 

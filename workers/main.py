@@ -9,37 +9,119 @@ in the StartedJobRegistry with an expiry of `job_timeout_seconds +
 abandoned_grace_seconds`; some worker's maintenance pass (every
 `maintenance_interval_seconds`, also while idle: the blocking dequeue is cut to
 that interval) finds it expired and runs `on_failure` with AbandonedJobError,
-then RQ retries it. So a killed job runs again within job_timeout + grace +
-maintenance interval (60 + 30 + 30 = 2 min by default), as long as one worker runs.
+then RQ retries it, straight onto the queue (`retry_abandoned_at_once`: it has
+waited long enough, and a scheduled retry would wait for a scheduler whose lock
+the dead worker may still hold). So a killed job runs again within job_timeout +
+grace + maintenance interval (60 + 30 + 30 = 2 min by default), as long as one
+worker runs. The dead worker's scheduler lock is taken over once its holder has
+been silent SCHEDULER_STALE_AFTER_SECONDS (`HooklaneScheduler`), so scheduled
+handler retries wait that long plus a maintenance interval, not RQ's 60 s lock TTL.
+
+Redis outages of any length are waited out at the command (workers/resilience.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import structlog
 from prometheus_client.exposition import ThreadingWSGIServer
 from rq import SimpleWorker, Worker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.exceptions import AbandonedJobError
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+from rq.scripts import release_lock
 from rq.worker import BaseWorker
 
 from shared import logging as hl_logging
 from shared.config import Config
 from shared.jobs import SERIALIZER, rq_queue
 from shared.redisconn import connect
-from workers import jobs, runtime
+from workers import jobs, resilience, runtime
 from workers.threaded import ThreadedWorker
 
 log = hl_logging.get_logger("hooklane.worker")
 
+# A scheduler heartbeats every second; this many seconds of silence means its process is gone.
+SCHEDULER_STALE_AFTER_SECONDS = 10
 
-class _Grace:
-    """RQ adds a fixed 60 s to the heartbeat TTL; make it configurable so recovery is bounded by config."""
+
+class HooklaneScheduler(RQScheduler):
+    """RQ's scheduler, which takes over the lock of a dead one instead of waiting out its 61 s TTL,
+    and which waits out Redis outages (its connection has the worker's retry policy) but not a stop."""
+
+    def acquire_locks(self, auto_start: bool = False) -> set[str]:
+        for queue_name in self._queue_names:
+            self._release_if_holder_silent(queue_name)
+        return super().acquire_locks(auto_start)
+
+    def _release_if_holder_silent(self, queue_name: str) -> None:
+        key = self.get_locking_key(queue_name)
+        holder = self.connection.get(key)
+        if holder is None or holder.decode() == self.name:
+            return
+        # Each heartbeat resets the holder's metadata hash to expire in interval + 60 s, so what is left of
+        # that TTL dates its last heartbeat on Redis's clock. No hash (-2): the holder took the lock a
+        # moment ago and has not registered yet, or is long gone; the lock's own TTL covers both.
+        pttl = self.connection.pttl(SCHEDULER_KEY_TEMPLATE % holder.decode())
+        if pttl < 0:
+            return
+        silent = self.interval + 60 - pttl / 1000
+        # Token-checked: deletes the lock only if that silent holder still has it.
+        if silent > SCHEDULER_STALE_AFTER_SECONDS and release_lock(self.connection, key, holder.decode()):
+            log.warning("scheduler.stale_lock_released", queue=queue_name, holder=holder.decode(),
+                        silent_s=round(silent, 1))
+
+    def work(self) -> None:
+        hl_logging.bind(process="scheduler")
+        try:
+            super().work()
+        except Exception as exc:
+            if not (self._stop_requested and resilience.is_outage(exc)):
+                raise
+            # Stopped during an outage: nothing to release that Redis could record; the lock expires.
+            log.info("scheduler.stopped", redis="unavailable")
+
+    def request_stop(self, signum: Any = None, frame: Any = None) -> None:
+        resilience.STATE.stop_waiting()
+        super().request_stop(signum, frame)
+
+
+def retry_abandoned_at_once(job: Any, exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """Exception handler, after `jobs.on_failure`: an abandoned job's retry skips its interval.
+
+    RQ retries a job whose worker died with the job's next retry interval, through the scheduled
+    registry; the job already waited job_timeout + grace to be found, so it goes straight to the queue.
+    """
+    if exc_type is not AbandonedJobError or not job.retries_left or not job.retry_intervals:
+        return None
+    job.retry_intervals = retry_now_then_as_before(list(job.retry_intervals), job.retries_left)
+    return None
+
+
+def retry_now_then_as_before(intervals: list[float], retries_left: int) -> list[float]:
+    """Intervals for `retries_left` retries where the next one waits 0 and the later ones as before.
+
+    RQ's index is len(intervals) - retries_left, clamped at 0 (so a short list repeats its first
+    value): spell out the wait of each remaining retry, then zero the next one.
+    """
+    upcoming = [intervals[max(len(intervals) - left, 0)] for left in range(retries_left, 0, -1)]
+    return [0, *upcoming[1:]]
+
+
+class _HooklaneWorker:
+    """What hooklane changes in RQ's workers: a heartbeat TTL from config, log context per job,
+    shutdown that does not wait for Redis, and HooklaneScheduler."""
 
     abandoned_grace: int = 30
 
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
+        # RQ adds a fixed 60 s to the heartbeat TTL; configurable here so recovery is bounded by config.
         if job.timeout == -1:
             return super().get_heartbeat_ttl(job, working_time)  # type: ignore[misc]
         if isinstance(self, SimpleWorker):
@@ -56,24 +138,86 @@ class _Grace:
             runtime.current_execution.reset(token)
 
     def execute_job(self, job: Any, queue: Any) -> Any:
+        # A job binds its ids; cleared on the way in and out, so no line outside a job (RQ's "dequeued",
+        # an abandoned job's on_failure run by maintenance, the shutdown lines) carries a previous job's ids.
+        hl_logging.clear()
         try:
             return super().execute_job(job, queue)  # type: ignore[misc]
         finally:
-            # A job binds its ids; without this, RQ's next "dequeued" line and an abandoned job's on_failure
-            # (run by maintenance, not by a job) would carry the previous job's request_id and event_id.
             hl_logging.clear()
 
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        # The handler runs on top of whatever the worker was doing, a job included: its lines are not the job's.
+        with _outside_job():
+            super().request_stop(signum, frame)  # type: ignore[misc]
 
-class HooklaneSimpleWorker(_Grace, SimpleWorker):
+    def request_force_stop(self, signum: Any, frame: Any) -> None:
+        # A cold stop (second SIGTERM) means "now": stop waiting for Redis too.
+        resilience.STATE.stop_waiting()
+        with _outside_job():
+            super().request_force_stop(signum, frame)  # type: ignore[misc]
+
+    def teardown(self) -> None:
+        # Exiting: registering the death is worth one try, not a wait for Redis.
+        try:
+            with resilience.STATE.not_waiting():
+                super().teardown()  # type: ignore[misc]
+        except Exception as exc:
+            if not resilience.is_outage(exc):
+                raise
+            log.warning("worker.teardown_skipped", reason="redis unavailable", error=type(exc).__name__)
+
+    def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO",
+                         date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+                         log_format: str = DEFAULT_LOGGING_FORMAT) -> None:
+        # RQ's own, with HooklaneScheduler where RQ names RQScheduler.
+        self.scheduler = HooklaneScheduler(
+            self.queues, connection=self.connection,  # type: ignore[attr-defined]
+            logging_level=logging_level if logging_level is not None else self.log.level,  # type: ignore[attr-defined]
+            date_format=date_format, log_format=log_format, serializer=self.serializer,  # type: ignore[attr-defined]
+        )
+        if not self.scheduler.acquire_locks():
+            return
+        if not burst:
+            self.scheduler.start()
+            return
+        try:
+            self.scheduler.register_birth()
+            self.scheduler.enqueue_scheduled_jobs()
+        finally:
+            self.scheduler.release_locks()
+            self.scheduler.register_death()
+
+
+@contextlib.contextmanager
+def _outside_job() -> Iterator[None]:
+    """Log without the ids a running job bound, and give them back to the job afterwards."""
+    saved = structlog.contextvars.get_contextvars()
+    hl_logging.clear()
+    try:
+        yield
+    finally:
+        hl_logging.bind(**saved)
+
+
+class HooklaneSimpleWorker(_HooklaneWorker, SimpleWorker):
     """Runs jobs in the worker process: ~3.5x the throughput of forking per job (docs/benchmarks.md)."""
 
 
-class HooklaneForkWorker(_Grace, Worker):
+class HooklaneForkWorker(_HooklaneWorker, Worker):
     """Forks a work horse per job: isolates user callables that leak or crash, at a throughput cost."""
 
 
-class HooklaneThreadedWorker(_Grace, ThreadedWorker):
+class HooklaneThreadedWorker(_HooklaneWorker, ThreadedWorker):
     """`[worker] concurrency` > 1: that many jobs at once in threads of this process (workers/threaded.py)."""
+
+    def teardown(self) -> None:
+        # The jobs in flight finish first, riding out Redis outages like any job; only the worker's own
+        # bookkeeping after them gets _HooklaneWorker.teardown's single try.
+        try:
+            self.drain()
+        finally:
+            super().teardown()
 
 
 # Redis connections a threaded worker uses besides its jobs': the dequeue, the heartbeat thread, RQ's pubsub
@@ -90,9 +234,10 @@ def worker_class(config: Config) -> type[BaseWorker]:
 def build_worker(config: Config, *, redis: Any = None, name: str | None = None) -> BaseWorker:
     cls = worker_class(config)
     threaded = issubclass(cls, ThreadedWorker)
-    conn = redis if redis is not None else connect(
+    # Our own connection waits out Redis outages (workers/resilience.py); one passed in is left as it is.
+    conn = redis if redis is not None else resilience.install(connect(
         config.redis.url, socket_timeout=None,
-        max_connections=config.worker.concurrency + OWN_CONNECTIONS if threaded else None)
+        max_connections=config.worker.concurrency + OWN_CONNECTIONS if threaded else None))
     rt = runtime.Runtime.build(config, conn)
     runtime.install(rt)
     # RQ logs a failing job's traceback itself: mask the configured secrets there too, whatever a handler raised.
@@ -103,7 +248,7 @@ def build_worker(config: Config, *, redis: Any = None, name: str | None = None) 
         connection=conn,
         name=name or f"hooklane-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         serializer=SERIALIZER,
-        exception_handlers=[jobs.on_failure],
+        exception_handlers=[jobs.on_failure, retry_abandoned_at_once],
         maintenance_interval=config.worker.maintenance_interval_seconds,
         # An idle worker blocks in BLMOVE for worker_ttl - 15 s and only runs maintenance between
         # dequeues; RQ's default (420 s) would let an abandoned job wait ~7 min for recovery.
@@ -147,5 +292,7 @@ def run(config: Config, *, burst: bool = False, with_scheduler: bool = True, nam
     if port:
         start_metrics_server(config, worker, port)
     # RQ installs its own SIGTERM handler: a warm shutdown, the jobs in flight finish first.
-    return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=os.environ.get(
+    worked = worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=os.environ.get(
         "HOOKLANE_LOG_LEVEL", "INFO").upper())
+    log.info("worker.stopped", worker=worker.name)
+    return worked

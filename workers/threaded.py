@@ -161,8 +161,9 @@ class ThreadedWorker(BaseWorker):
         self._slots: list[threading.Thread] = []
         self._beating = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
-        # True while the main thread may be interrupted by a stop signal without losing a taken job.
-        self._interruptible = False
+        # Whether a stop signal may end the main loop where it is (as RQ's does when idle): everywhere except
+        # between taking a job from the queue and handing it to a slot, and in teardown.
+        self._interruptible = True
         self._cold_stop = False
 
     # ----------------------------------------------------------------- what RQ calls
@@ -183,15 +184,14 @@ class ThreadedWorker(BaseWorker):
             self._start_threads()
         self._wait(lambda: len(self._running) < self.concurrency)
         while True:
-            self._interruptible = True
-            try:
-                if self._stop_requested:
-                    raise StopRequested()
-                result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-            finally:
-                self._interruptible = False
-            if result is not None or timeout is not None:
+            if self._stop_requested:
+                raise StopRequested()
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            if result is not None:
+                self._interruptible = False  # a job is taken: it reaches a slot before any stop (execute_job)
                 return result
+            if timeout is not None:
+                return None
             # Burst mode found the queue empty. A job still in flight may put work back (an RQ retry with no
             # wait): quit only once nothing runs and the queue is still empty.
             finished = self._finished
@@ -200,10 +200,13 @@ class ThreadedWorker(BaseWorker):
             self._wait(lambda seen=finished: self._finished != seen)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        execution = self.prepare_execution(job)
-        with self._cond:
-            self._running[execution.id] = _Running(job, execution)
-        self._inbox.put((job, queue, execution))
+        try:
+            execution = self.prepare_execution(job)
+            with self._cond:
+                self._running[execution.id] = _Running(job, execution)
+            self._inbox.put((job, queue, execution))
+        finally:
+            self._interruptible = True
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         # RQ sets IDLE before each dequeue; with jobs still in flight the worker is busy.
@@ -224,7 +227,7 @@ class ThreadedWorker(BaseWorker):
     def _shutdown(self) -> None:
         self._stop_requested = True
         if self._interruptible:
-            raise StopRequested()  # nothing taken yet: leave the loop now, teardown drains the jobs in flight
+            raise StopRequested()  # no job half taken: leave the loop now, teardown drains the jobs in flight
         self.set_shutdown_requested_date()
         if self.scheduler:
             self.stop_scheduler()
@@ -277,7 +280,7 @@ class ThreadedWorker(BaseWorker):
         """Block (no polling) until `ready()`; if `interruptible`, a stop signal ends it. False if it timed out."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            self._interruptible = interruptible
+            before, self._interruptible = self._interruptible, interruptible
             try:
                 while not ready():
                     if interruptible and self._stop_requested:
@@ -288,7 +291,7 @@ class ThreadedWorker(BaseWorker):
                     self._cond.wait(left)
                 return True
             finally:
-                self._interruptible = False
+                self._interruptible = before
 
     def _heartbeats(self) -> None:
         interval = max(0.5, self.job_monitoring_interval / 2)
@@ -328,6 +331,7 @@ class ThreadedWorker(BaseWorker):
 
     def drain(self) -> None:
         """Wait for the jobs in flight (at most their timeouts); nothing to do after a cold stop."""
+        self._interruptible = False  # called on the way out: a signal now must not cut it short
         with self._cond:
             if not self._running or self._cold_stop:
                 return
