@@ -165,6 +165,7 @@ class ThreadedWorker(BaseWorker):
         # between taking a job from the queue and handing it to a slot, and in teardown.
         self._interruptible = True
         self._cold_stop = False
+        self._suspension_checked = float("-inf")
 
     # ----------------------------------------------------------------- what RQ calls
 
@@ -216,6 +217,12 @@ class ThreadedWorker(BaseWorker):
             return  # RQ writes it before every dequeue: a round trip per job for nothing
         super().set_state(state, pipeline)
 
+    def check_for_suspension(self, burst: bool) -> None:
+        # RQ asks Redis before every dequeue; once a second is as good for `rq suspend`, and a round trip per job less.
+        if time.monotonic() - self._suspension_checked >= self._LOOP_HEARTBEAT_SECONDS:
+            super().check_for_suspension(burst)
+            self._suspension_checked = time.monotonic()
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # RQ's loop beats (3 round trips) before and after every dequeue; the heartbeat thread keeps the
         # worker alive, so the loop's own beats are only needed once in a while, not per job.
@@ -246,6 +253,7 @@ class ThreadedWorker(BaseWorker):
             self._beating.set()
             for _ in self._slots:
                 self._inbox.put(None)
+            self._slots = []  # a later work() on this worker starts them again
             super().teardown()
 
     # ----------------------------------------------------------------- slots, heartbeats, drain
