@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -257,10 +258,12 @@ def test_concurrent_jobs_count_every_event_and_log_only_their_own_ids(
 
 
 @pytest.fixture
-def procs(tmp_path: Path, redis_server) -> Iterator[Callable[[str, int], Workers]]:
+def in_flight(tmp_path: Path, redis_server, make_config, real_redis) -> Iterator[Callable[..., tuple]]:
+    """`in_flight(handlers, concurrency, deliveries)`: a real `hooklane worker` with `concurrency` jobs
+    started (their handlers announce themselves in test:started) -> (config, Workers, process)."""
     made: list[Workers] = []
 
-    def _make(handlers: str, concurrency: int) -> Workers:
+    def _start(handlers: str, concurrency: int, deliveries: list[str]) -> tuple[Config, Workers, Any]:
         text = set_worker_concurrency(PROCESS_CONFIG.format(url=redis_server.url, handler="hold"), concurrency)
         text = text.replace('handlers = ["h"]', f"handlers = {json.dumps(handlers.split(','))}")
         text += '\n[handlers.first]\ntype = "python"\ntarget = "support.handlers:record_first"\n'
@@ -269,22 +272,21 @@ def procs(tmp_path: Path, redis_server) -> Iterator[Callable[[str, int], Workers
         path.write_text(text)
         workers = Workers(path, redis_server.url)
         made.append(workers)
-        return workers
+        cfg = make_config(text, redis_url=redis_server.url)
+        for call_id in deliveries:
+            deliver(cfg, real_redis, call_id)
+        proc = workers.start()
+        wait_for(lambda: real_redis.llen("test:started") == concurrency, 30, f"{concurrency} jobs to start")
+        return cfg, workers, proc
 
-    yield _make
+    yield _start
     for w in made:
         w.stop_all()
 
 
-def test_sigkill_with_n_jobs_in_flight_loses_none_and_reruns_only_what_had_not_settled(
-    procs, make_config, redis_server, real_redis,
-):
-    workers = procs("first,hang", 4)
-    cfg = make_config(workers.config_path.read_text(), redis_url=redis_server.url)
-    for n in range(4):
-        deliver(cfg, real_redis, f"call_k{n}")
-    victim = workers.start()
-    wait_for(lambda: real_redis.llen("test:started") == 4, 30, "4 jobs to hang in their second handler")
+def test_sigkill_with_n_jobs_in_flight_loses_none_and_reruns_only_what_had_not_settled(in_flight, real_redis):
+    # Each job settles `first`, then hangs in `hang` until the kill.
+    cfg, workers, victim = in_flight("first,hang", 4, [f"call_k{n}" for n in range(4)])
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
 
@@ -297,13 +299,8 @@ def test_sigkill_with_n_jobs_in_flight_loses_none_and_reruns_only_what_had_not_s
     assert deadletters.list_entries(real_redis, cfg) == []
 
 
-def test_sigterm_finishes_the_jobs_in_flight_takes_no_more_and_exits(procs, make_config, redis_server, real_redis):
-    workers = procs("h", 3)
-    cfg = make_config(workers.config_path.read_text(), redis_url=redis_server.url)
-    for n in range(5):
-        deliver(cfg, real_redis, f"call_t{n}")
-    proc = workers.start()
-    wait_for(lambda: real_redis.llen("test:started") == 3, 30, "3 jobs to start")
+def test_sigterm_finishes_the_jobs_in_flight_takes_no_more_and_exits(in_flight, real_redis):
+    _, _, proc = in_flight("h", 3, [f"call_t{n}" for n in range(5)])
     proc.send_signal(signal.SIGTERM)
     time.sleep(1)
     assert proc.poll() is None, "the worker exited with jobs in flight"
@@ -314,13 +311,8 @@ def test_sigterm_finishes_the_jobs_in_flight_takes_no_more_and_exits(procs, make
     assert StartedJobRegistry(queue=queue(real_redis)).count == 0
 
 
-def test_a_second_sigterm_stops_at_once_and_its_jobs_are_recovered(procs, make_config, redis_server, real_redis):
-    workers = procs("hang", 3)
-    cfg = make_config(workers.config_path.read_text(), redis_url=redis_server.url)
-    for n in range(3):
-        deliver(cfg, real_redis, f"call_c{n}")
-    proc = workers.start()
-    wait_for(lambda: real_redis.llen("test:started") == 3, 30, "3 jobs to start")
+def test_a_second_sigterm_stops_at_once_and_its_jobs_are_recovered(in_flight, real_redis):
+    cfg, workers, proc = in_flight("hang", 3, [f"call_c{n}" for n in range(3)])
     proc.send_signal(signal.SIGTERM)
     time.sleep(1.5)  # RQ ignores a second signal within a second of the first
     proc.send_signal(signal.SIGTERM)

@@ -177,6 +177,7 @@ class ThreadedWorker(BaseWorker):
         for thread in self._slots:
             thread.start()
         self._beating.clear()
+        self._interruptible = True  # a previous work() on this worker left it off in its teardown
         self._heartbeat_thread = threading.Thread(target=self._heartbeats, name="hooklane-heartbeat", daemon=True)
         self._heartbeat_thread.start()
 

@@ -50,13 +50,18 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(os.environ["HOOKLANE_TEST_REDIS_URL"])
 
 
-def hang_once(event: dict[str, Any]) -> None:
-    """First call anywhere announces itself and hangs (to be SIGKILLed); later calls record."""
+def _hang_first_call(key: str, event: dict[str, Any]) -> None:
+    """The first call that sets `key` announces itself and hangs (to be killed); later calls record."""
     r = _redis()
-    if r.set("test:hang-once", "1", nx=True):
+    if r.set(key, "1", nx=True):
         r.rpush("test:started", event["id"])
         time.sleep(120)
     r.rpush("test:calls", json.dumps(event))
+
+
+def hang_once(event: dict[str, Any]) -> None:
+    """First call anywhere hangs; later calls record."""
+    _hang_first_call("test:hang-once", event)
 
 
 def slow(event: dict[str, Any]) -> None:
@@ -73,12 +78,8 @@ def record_first(event: dict[str, Any]) -> None:
 
 
 def hang_once_each(event: dict[str, Any]) -> None:
-    """The first call for each event announces itself and hangs (to be killed); later calls record."""
-    r = _redis()
-    if r.set(f"test:hang:{event['id']}", "1", nx=True):
-        r.rpush("test:started", event["id"])
-        time.sleep(120)
-    r.rpush("test:calls", json.dumps(event))
+    """The first call for each event hangs; later calls record."""
+    _hang_first_call(f"test:hang:{event['id']}", event)
 
 
 def hold(event: dict[str, Any]) -> None:
