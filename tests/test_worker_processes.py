@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import RedisServer, parse_log_lines, set_worker_concurrency
+import requests
+from conftest import RedisServer, free_port, parse_log_lines, set_worker_concurrency
 from http_sink import HttpSink
 
 from ingest.app import create_app
@@ -186,6 +187,7 @@ backoff_cap_seconds = {backoff}
 backoff_jitter = 0
 worker_class = "{worker_class}"
 concurrency = {concurrency}
+{extra_worker}
 
 [[sources]]
 name = "vr"
@@ -206,9 +208,10 @@ handlers = ["crm"]
 
 def http_setup(tmp_path: Path, server: RedisServer, make_config: Callable[..., Config], sink: HttpSink,
                *, job_timeout: int = 20, backoff: float = 1, worker_class: str = "simple",
-               retry_interval: float = 30, concurrency: int = 1) -> tuple[Config, Workers]:
+               retry_interval: float = 30, concurrency: int = 1, extra_worker: str = "") -> tuple[Config, Workers]:
     text = HTTP_CONFIG.format(url=server.url, sink=sink.url, job_timeout=job_timeout, backoff=backoff,
-                              worker_class=worker_class, retry_interval=retry_interval, concurrency=concurrency)
+                              worker_class=worker_class, retry_interval=retry_interval, concurrency=concurrency,
+                              extra_worker=extra_worker)
     path = tmp_path / "hooklane.toml"
     path.write_text(text)
     return make_config(text, redis_url=server.url), Workers(path, server.url)
@@ -317,7 +320,8 @@ def test_an_outage_longer_than_the_job_timeout_retries_the_job_with_the_same_ide
 def test_a_worker_started_while_redis_is_down_waits_then_works(
     http_workers, disposable_redis, http_sink
 ):
-    cfg, workers, r = http_workers()
+    port = free_port()
+    cfg, workers, r = http_workers(extra_worker=f"metrics_port = {port}")
     deliver(cfg, r, "call_queued")  # accepted before the outage, waiting in the queue
     stop_keeping_data(disposable_redis)
 
@@ -331,6 +335,20 @@ def test_a_worker_started_while_redis_is_down_waits_then_works(
     wait_for(lambda: len(http_sink.delivered()) == 1, 20, "the queued delivery once Redis is back")
     assert http_sink.delivered()[0].event["id"] == "vr:call.completed:call_queued"
     assert_rode_out_one_outage(workers, proc)
+    health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert health.status_code == 200 and health.json()["redis"] == "ok"
+
+
+def test_a_waiting_worker_says_so_on_its_health_endpoint(http_workers, disposable_redis):
+    port = free_port()
+    _, workers, _ = http_workers(extra_worker=f"metrics_port = {port}")
+    proc = workers.start()
+    wait_for(lambda: "cleaning registries" in workers.log_text(proc), 20, "the worker to start")
+    stop_keeping_data(disposable_redis)
+    wait_for(lambda: events(workers.lines(proc), "redis.unavailable"), 20, "the worker to notice the outage")
+    health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert health.status_code == 200, "alive: a restart would not bring Redis back"
+    assert health.json()["redis"] == "unavailable"
 
 
 def test_a_full_redis_under_noeviction_pauses_the_worker_until_memory_is_raised(

@@ -270,7 +270,9 @@ def start_metrics_server(config: Config, worker: BaseWorker, port: int, *, redis
     scrape_redis = redis if redis is not None else connect(config.redis.url, socket_timeout=2.0)
 
     def health() -> dict[str, Any]:
-        return {"worker": worker.name, "state": worker.get_state()}
+        # Still 200 while Redis is down: the process is alive and waiting (workers/resilience.py); "redis" says so.
+        return {"worker": worker.name, "state": worker.get_state(),
+                "redis": "unavailable" if resilience.STATE.down else "ok"}
 
     server = metrics.serve(port, build_registry(scrape_redis, config), health, addr=addr)
     log.info("worker.metrics_listening", port=server.server_port, paths=["/metrics", "/healthz"])
