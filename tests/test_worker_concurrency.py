@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import set_worker_concurrency
+from redis import BlockingConnectionPool
 from rq import Queue, Worker
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from support import handlers as th
@@ -29,7 +30,7 @@ from shared import deadletters
 from shared.config import Config, ConfigError
 from shared.jobs import SERIALIZER
 from workers import metrics, runtime
-from workers.main import HooklaneSimpleWorker, HooklaneThreadedWorker, build_worker
+from workers.main import OWN_CONNECTIONS, HooklaneSimpleWorker, HooklaneThreadedWorker, build_worker
 from workers.threaded import ThreadDeathPenalty
 
 pytestmark = pytest.mark.redis
@@ -108,8 +109,11 @@ def test_concurrency_picks_the_worker_class_and_sizes_the_pools(make_config, red
     worker = build_worker(cfg)
     assert isinstance(worker, HooklaneThreadedWorker) and worker.concurrency == 24
     assert worker.death_penalty_class is ThreadDeathPenalty, "SIGALRM cannot reach a job thread"
-    # Every job may hold a Redis connection, plus the dequeue, the heartbeat thread and RQ's pubsub thread.
-    assert worker.connection.connection_pool.max_connections >= 24 + 3
+    # Every job may hold a Redis connection, plus the dequeue, the heartbeat thread and RQ's pubsub thread;
+    # bounded, and a thread that finds them all in use waits instead of failing with "Too many connections".
+    pool = worker.connection.connection_pool
+    assert isinstance(pool, BlockingConnectionPool) and pool.max_connections == 24 + OWN_CONNECTIONS
+    assert OWN_CONNECTIONS >= 3
 
 
 def test_the_http_handler_keeps_a_connection_per_job_in_flight(make_config, redis_server, real_redis):
