@@ -1,7 +1,7 @@
 """The ingest WSGI app: authenticate, enqueue the raw delivery, answer.
 
 Per request: look up the source, check method and size, authenticate over the
-raw bytes, then one atomic Redis command (shared.jobs.DeliveryEnqueuer), one log
+raw bytes, then one atomic Redis command (shared.queueing.DeliveryEnqueuer), one log
 line, and the answer. No JSON parsing beyond a first-byte sanity check, no
 handler code, no outbound calls: everything else happens in the workers.
 """
@@ -21,17 +21,17 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from werkzeug.routing import Rule
 from werkzeug.wsgi import get_content_length
 
-from ingest import metrics
-from ingest.admin import register_admin
-from ingest.auth import authenticate, client_ip
-from shared import logging as hl_logging
-from shared.config import Config
-from shared.envelope import Delivery, log_delivery_id, utc_now_iso
-from shared.jobs import DeliveryEnqueuer
-from shared.providers import PROVIDERS
-from shared.providers.base import VerificationError
-from shared.redaction import Redactor
-from shared.redisconn import connect
+from hooklane.ingest import http_metrics as metrics
+from hooklane.ingest.auth import authenticate, client_ip
+from hooklane.operators.admin import register_admin
+from hooklane.shared import logs as hl_logging
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import Delivery, log_delivery_id, utc_now_iso
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.providers.base import VerificationError
+from hooklane.shared.queueing import DeliveryEnqueuer
+from hooklane.shared.redaction import Redactor
+from hooklane.shared.redisconn import connect
 
 log = hl_logging.get_logger("hooklane.ingest")
 

@@ -11,8 +11,8 @@ import ipaddress
 import time
 from collections.abc import Mapping
 
-from shared.config import SourceConfig
-from shared.providers.base import Clock, IPNotAllowed, Provider, SignatureError
+from hooklane.shared.config import SourceConfig
+from hooklane.shared.providers.base import Clock, IPNotAllowed, Provider, SignatureError
 
 
 def client_ip(remote_addr: str, forwarded_for: str | None, trusted_proxies: int) -> str:

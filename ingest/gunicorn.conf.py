@@ -1,4 +1,4 @@
-"""gunicorn settings for ingest: ``gunicorn -c ingest/gunicorn.conf.py ingest.wsgi:app`` (what `hooklane ingest` runs).
+"""gunicorn settings for ingest: ``gunicorn -c ingest/gunicorn.conf.py hooklane.ingest.wsgi:app`` (what `hooklane ingest` runs).
 
 Environment:
     HOOKLANE_BIND            HOST:PORT (default 0.0.0.0:$PORT, 8000 without PORT, as Procfile platforms expect)
@@ -27,7 +27,7 @@ if _ROOT not in sys.path:
 
 from gunicorn import glogging  # noqa: E402
 
-from shared import logging as hl_logging  # noqa: E402  (needs _ROOT on sys.path)
+from hooklane.shared import logs as hl_logging  # noqa: E402  (needs _ROOT on sys.path)
 
 pythonpath = _ROOT
 bind = [os.environ.get("HOOKLANE_BIND") or f"0.0.0.0:{os.environ.get('PORT') or 8000}"]
@@ -91,7 +91,7 @@ loglevel = os.environ.get("HOOKLANE_LOG_LEVEL", "info").lower()
 
 
 class Logger(glogging.Logger):
-    """gunicorn's own lines (gunicorn.error, gunicorn.access) through shared.logging: one format per process.
+    """gunicorn's own lines (gunicorn.error, gunicorn.access) through shared.logs: one format per process.
 
     `setup` runs at start and again on every SIGHUP reload, re-adding gunicorn's handlers; handing
     the records back to the root logger each time keeps the format after a reload.
@@ -116,7 +116,7 @@ _OWNED_METRICS_DIR = "HOOKLANE_INGEST_OWNED_METRICS_DIR"
 
 def on_starting(server: Any) -> None:
     # Fail in the master with the offending key, not once per worker as "Worker failed to boot".
-    from shared.config import ConfigError, load
+    from hooklane.shared.config import ConfigError, load
 
     try:
         load()

@@ -1,4 +1,4 @@
-"""The WSGI entry point: ``gunicorn -c ingest/gunicorn.conf.py ingest.wsgi:app``.
+"""The WSGI entry point: ``gunicorn -c ingest/gunicorn.conf.py hooklane.ingest.wsgi:app``.
 
 gunicorn imports this module in each worker after the fork (``preload_app`` is
 off), so every worker builds its own app and its own Redis connection from
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from ingest.app import create_app
-from shared import config as hl_config
-from shared import logging as hl_logging
+from hooklane.ingest.app import create_app
+from hooklane.shared import config as hl_config
+from hooklane.shared import logs
 
-hl_logging.configure()  # a no-op under gunicorn.conf.py, which configured it in the master already
+logs.configure()  # a no-op under gunicorn.conf.py, which configured it in the master already
 app: Flask = create_app(hl_config.load())

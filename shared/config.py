@@ -82,7 +82,7 @@ class WorkerConfig:
     # Delivery jobs retried when a worker dies or Redis blips mid-job, after these waits (seconds).
     delivery_max_attempts: int = 5
     delivery_retry_intervals: tuple[float, ...] = (5, 30, 120, 600)
-    # Backoff for handler retries: base * multiplier**n, capped, ±jitter (workers/backoff.py).
+    # Backoff for handler retries: base * multiplier**n, capped, ±jitter (shared/backoff.py).
     backoff_base_seconds: float = 60.0
     backoff_multiplier: float = 4.0
     backoff_cap_seconds: float = 8 * 3600.0
@@ -305,7 +305,7 @@ def check_concurrency(value: int, worker_class: str, key: str) -> int:
 
 
 def _source(s: _Reader) -> SourceConfig:
-    from shared.providers import PROVIDERS  # the registry; imported late to keep config importable alone
+    from hooklane.shared.providers import PROVIDERS  # the registry; imported late to keep config importable alone
 
     s.only("name", "provider", "secrets", "token", "allow_ips", "tolerance_seconds", "insecure", "methods")
     name = s.name("name", None)

@@ -39,8 +39,8 @@ from typing import Any
 
 from redis import Redis, WatchError
 
-from shared.config import Config
-from shared.envelope import utc_now_iso
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import utc_now_iso
 
 STAGES = ("normalize", "delivery", "handler")
 
@@ -169,7 +169,7 @@ class ReplayConflict(Exception):
 
 def replay(redis: Redis, config: Config, entry_id: str, *, dry_run: bool = False) -> dict[str, Any]:
     """Put the failed stage back to work with a fresh attempt budget; returns {"entry_id", "job_id", ...}."""
-    from shared import jobs  # late: jobs imports rq, not needed to list or show
+    from hooklane.shared import queueing as jobs  # late: jobs imports rq, not needed to list or show
 
     prefix = config.redis.prefix
     key = entry_key(prefix, entry_id)

@@ -37,11 +37,10 @@ from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from shared import deadletters
-from shared import logging as hl_logging
-from shared.config import Config
+from hooklane.shared import deadletters, logs
+from hooklane.shared.config import Config
 
-log = hl_logging.get_logger("hooklane.metrics")
+log = logs.get_logger("hooklane.metrics")
 
 
 def _parse_rq_time(value: bytes | str | None) -> float | None:
@@ -63,7 +62,7 @@ class QueueCollector(Collector):
     def __init__(self, redis: Redis, config: Config, *, clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
         self.prefix = config.redis.prefix
-        self.queue = config.redis.prefix  # shared.jobs.queue_name: one queue named after the prefix
+        self.queue = config.redis.prefix  # shared.queueing.queue_name: one queue named after the prefix
         self.clock = clock
         # RQ's own key templates, so RQ_KEY_PREFIX or an upgrade that moves a key cannot silently zero a gauge.
         q = self.queue

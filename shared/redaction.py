@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlsplit
 
-from shared.config import Config
+from hooklane.shared.config import Config
 
 MASK = "[redacted]"
 

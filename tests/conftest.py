@@ -27,10 +27,10 @@ import pytest
 import redis
 from http_sink import HttpSink
 
-from shared import config as cfg_mod
-from shared import deadletters
-from shared.config import Config
-from shared.envelope import iso_utc
+from hooklane.shared import config as cfg_mod
+from hooklane.shared import deadletters
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import iso_utc
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -14,14 +14,14 @@ from flask.testing import FlaskClient
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ingest.app import create_app
-from shared import deadletters
-from shared.config import Config
-from shared.envelope import iso_utc
-from shared.jobs import queue_name
-from shared.providers import volumereach
-from workers import runtime
-from workers.main import build_worker
+from hooklane.ingest.app import create_app
+from hooklane.shared import deadletters
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import iso_utc
+from hooklane.shared.providers import volumereach
+from hooklane.shared.queueing import queue_name
+from hooklane.workers import runtime
+from hooklane.workers.main import build_worker
 
 TOKEN = "adm-7f3c9e1b5d2a4c6e8f0a"
 SOURCES = BASE_CONFIG.split("[handlers.log]")[0]

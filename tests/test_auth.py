@@ -6,10 +6,10 @@ import ipaddress
 
 import pytest
 
-from ingest.auth import authenticate, check_ip, check_token, client_ip
-from shared.config import Secret, SourceConfig
-from shared.providers import PROVIDERS
-from shared.providers.base import IPNotAllowed, SignatureError, VerificationError
+from hooklane.ingest.auth import authenticate, check_ip, check_token, client_ip
+from hooklane.shared.config import Secret, SourceConfig
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.providers.base import IPNotAllowed, SignatureError, VerificationError
 
 NOW = 1_700_000_000.0
 BODY = b'{"event":"call.completed","data":{"call_id":"c1"}}'

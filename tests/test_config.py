@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import BASE_CONFIG, TEST_ENV
 
-from shared import config as cfg_mod
-from shared.config import Config, ConfigError, Secret
+from hooklane.shared import config as cfg_mod
+from hooklane.shared.config import Config, ConfigError, Secret
 
 VR = """
 [[sources]]
@@ -381,8 +381,8 @@ def test_python_handler_with_a_missing_attribute_names_the_key() -> None:
 
 
 def test_python_handler_with_a_non_callable_target_names_the_key() -> None:
-    msg = refused("[handlers.py]\ntype = 'python'\ntarget = 'shared.config:DEFAULT_PATH'\n")
-    assert msg.startswith("handlers.py.target: 'shared.config:DEFAULT_PATH' is not callable")
+    msg = refused("[handlers.py]\ntype = 'python'\ntarget = 'hooklane.shared.config:DEFAULT_PATH'\n")
+    assert msg.startswith("handlers.py.target: 'hooklane.shared.config:DEFAULT_PATH' is not callable")
 
 
 @pytest.mark.parametrize("module_body", ["raise RuntimeError('boom at import')\n", "def broken(:\n",

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from workers.dedupe import DUPLICATE, NEW, RESUME, RUNNING, Deduper, seen_key
+from hooklane.workers.dedupe import DUPLICATE, NEW, RESUME, RUNNING, Deduper, seen_key
 
 pytestmark = pytest.mark.redis
 

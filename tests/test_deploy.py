@@ -25,10 +25,10 @@ from conftest import free_port
 from prometheus_client import CollectorRegistry
 from werkzeug.serving import make_server
 
-from ingest.app import create_app
-from shared.cli import build_parser
-from shared.config import Config
-from workers import metrics as worker_metrics
+from hooklane.ingest.app import create_app
+from hooklane.operators.cli import build_parser
+from hooklane.shared.config import Config
+from hooklane.workers import job_metrics as worker_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -196,7 +196,7 @@ def test_dockerignore_keeps_what_the_build_needs_and_drops_local_state() -> None
                 if ln.strip() and not ln.startswith("#")]
     readme = PYPROJECT["project"]["readme"]  # setuptools reads it while installing
     for needed in ("pyproject.toml", readme, "ingest/app.py", "ingest/gunicorn.conf.py", "workers/main.py",
-                   "shared/cli/__init__.py", "shared/dev.toml"):
+                   "operators/cli/__init__.py", "operators/dev.toml"):
         assert not _ignored(needed, patterns), f"{needed} would be missing from the image"
     for local in (".venv/bin/python", ".git/HEAD", "hooklane.toml", ".env", "shared/__pycache__/x.pyc"):
         assert _ignored(local, patterns), f"{local} would be copied into the image"

@@ -24,15 +24,16 @@ import redis
 from conftest import BASE_CONFIG, TEST_ENV, add_dead_letter
 from http_sink import HttpSink, SinkRequest
 
-from ingest.app import create_app
-from shared import deadletters, operator
-from shared.cli import main
-from shared.config import Config
-from shared.envelope import iso_utc
-from shared.jobs import queue_name
-from shared.providers import PROVIDERS, volumereach
-from workers import runtime
-from workers.main import build_worker
+from hooklane.ingest.app import create_app
+from hooklane.operators import actions as operator
+from hooklane.operators.cli import main
+from hooklane.shared import deadletters
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import iso_utc
+from hooklane.shared.providers import PROVIDERS, volumereach
+from hooklane.shared.queueing import queue_name
+from hooklane.workers import runtime
+from hooklane.workers.main import build_worker
 
 pytestmark = pytest.mark.redis
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from http_sink import HttpSink
 
-from shared.config import HandlerConfig, Secret
-from workers.errors import PermanentError, TransientError
-from workers.handlers.http import HttpHandler, parse_retry_after
-from workers.handlers.log import LogHandler
-from workers.handlers.suppression import SuppressionHandler, is_suppressed, normalize_phone
+from hooklane.shared.config import HandlerConfig, Secret
+from hooklane.workers.errors import PermanentError, TransientError
+from hooklane.workers.handlers.http import HttpHandler, parse_retry_after
+from hooklane.workers.handlers.log import LogHandler
+from hooklane.workers.handlers.suppression import SuppressionHandler, is_suppressed, normalize_phone
 
 EVENT: dict[str, Any] = {
     "id": "vr:call.completed:call_1",
@@ -132,9 +132,9 @@ def test_phone_numbers_are_compared_in_one_form():
 
 
 def test_log_handler_writes_one_line_without_the_raw_payload(capfd):
-    from shared import logging as hl_logging
+    from hooklane.shared import logs
 
-    hl_logging.configure("json")
+    logs.configure("json")
     LogHandler(HandlerConfig(name="log", type="log"))(EVENT)
     lines = [json.loads(x) for x in capfd.readouterr().err.splitlines() if x.startswith("{")]
     [line] = [x for x in lines if x.get("event") == "event.logged"]

@@ -14,10 +14,10 @@ from conftest import BASE_CONFIG, TEST_ENV
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ingest.app import create_app
-from shared.config import Config
-from shared.envelope import Delivery
-from shared.providers import PROVIDERS
+from hooklane.ingest.app import create_app
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers import PROVIDERS
 
 NOW = 1_750_000_000
 MAX_BODY = 4096

@@ -21,13 +21,13 @@ from conftest import BASE_CONFIG, TEST_ENV, free_port, parse_log_lines
 from flask import Flask
 from werkzeug.test import TestResponse
 
-from ingest.app import create_app
-from shared import logging as hl_logging
-from shared.config import Config
-from shared.envelope import Delivery
-from shared.jobs import PROCESS_DELIVERY
-from shared.providers import PROVIDERS
-from shared.redisconn import connect
+from hooklane.ingest.app import create_app
+from hooklane.shared import logs as hl_logging
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.queueing import PROCESS_DELIVERY
+from hooklane.shared.redisconn import connect
 
 NOW = 1_750_000_000
 QUEUE = "rq:queue:hooklane"

@@ -15,11 +15,17 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from ingest.app import create_app
-from shared.config import Config
-from shared.envelope import Delivery, utc_now_iso
-from shared.jobs import PROCESS_DELIVERY, RESULT_TTL, DeliveryEnqueuer, delivery_job_mapping, enqueue_delivery
-from shared.providers import PROVIDERS
+from hooklane.ingest.app import create_app
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import Delivery, utc_now_iso
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.queueing import (
+    PROCESS_DELIVERY,
+    RESULT_TTL,
+    DeliveryEnqueuer,
+    delivery_job_mapping,
+    enqueue_delivery,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -112,10 +118,10 @@ def test_job_hash_has_every_field_rq_itself_writes(config: Config, real_redis: r
     theirs = {k.decode(): v for k, v in real_redis.hgetall(f"rq:job:{rq_job.id}").items()}
     their_keys = sorted(k.decode().replace(rq_job.id, "<id>") for k in real_redis.keys("*"))
 
-    assert set(theirs) - set(ours) == set(), "RQ writes a job field that shared.jobs does not"
-    assert set(rq_job.to_dict()) - set(ours) == set(), "Job.to_dict has a field that shared.jobs does not write"
-    assert set(ours) - set(theirs) == set(), "shared.jobs writes a field RQ no longer knows"
-    assert our_keys == their_keys, "RQ's enqueue touches Redis keys shared.jobs does not"
+    assert set(theirs) - set(ours) == set(), "RQ writes a job field that shared.queueing does not"
+    assert set(rq_job.to_dict()) - set(ours) == set(), "Job.to_dict has a field that shared.queueing does not write"
+    assert set(ours) - set(theirs) == set(), "shared.queueing writes a field RQ no longer knows"
+    assert our_keys == their_keys, "RQ's enqueue touches Redis keys shared.queueing does not"
     for name in ("status", "origin", "timeout", "result_ttl", "failure_ttl", "retries_left", "description",
                  "success_callback_name", "failure_callback_name", "stopped_callback_name", "started_at",
                  "ended_at", "last_heartbeat", "worker_name", "group_id"):

@@ -23,14 +23,14 @@ from conftest import BASE_CONFIG, TEST_ENV, RedisServer, free_port, parse_log_li
 from http_sink import HttpSink
 from rq.logutils import setup_loghandlers
 
-from ingest.app import create_app
-from shared import deadletters
-from shared import logging as hl_logging
-from shared.config import Config
-from shared.providers import volumereach
-from shared.redaction import Redactor
-from workers import runtime
-from workers.main import build_worker
+from hooklane.ingest.app import create_app
+from hooklane.shared import deadletters
+from hooklane.shared import logs as hl_logging
+from hooklane.shared.config import Config
+from hooklane.shared.providers import volumereach
+from hooklane.shared.redaction import Redactor
+from hooklane.workers import runtime
+from hooklane.workers.main import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,7 +197,7 @@ def test_an_exception_line_carries_its_traceback_as_one_json_line(capsys: pytest
 
 _THREADS_SCRIPT = """
 import threading
-from shared import logging as hl_logging
+from hooklane.shared import logs as hl_logging
 hl_logging.configure("json", "INFO")
 log = hl_logging.get_logger("hooklane.test.threads")
 filler = "x" * 20000  # several pipe buffers: an unlocked write would be split and interleaved

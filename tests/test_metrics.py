@@ -26,16 +26,15 @@ import redis
 from conftest import BASE_CONFIG, TEST_ENV, RedisServer, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest import metrics as ingest_metrics
-from ingest.app import create_app
-from shared import deadletters
-from shared import logging as hl_logging
-from shared.config import Config
-from shared.providers import volumereach
-from shared.queue_metrics import QueueCollector
-from shared.redisconn import connect
-from workers import runtime
-from workers.main import build_worker, start_metrics_server
+from hooklane.ingest import http_metrics as ingest_metrics
+from hooklane.ingest.app import create_app
+from hooklane.shared import deadletters, logs
+from hooklane.shared.config import Config
+from hooklane.shared.providers import volumereach
+from hooklane.shared.queue_metrics import QueueCollector
+from hooklane.shared.redisconn import connect
+from hooklane.workers import runtime
+from hooklane.workers.main import build_worker, start_metrics_server
 
 ROOT = Path(__file__).resolve().parents[1]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -43,10 +42,10 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture(autouse=True)
 def _cleanup() -> Iterator[None]:
-    hl_logging.configure("json", "WARNING")  # the worker's INFO lines are not what these tests look at
+    logs.configure("json", "WARNING")  # the worker's INFO lines are not what these tests look at
     yield
     runtime.install(None)
-    hl_logging.clear()
+    logs.clear()
 
 
 def parse(text: str) -> Samples:
@@ -301,8 +300,8 @@ def test_a_registered_worker_shows_up_with_its_heartbeat(
 
 _INCREMENT = textwrap.dedent("""
     import sys
-    from ingest import metrics as im
-    from workers import metrics as wm
+    from hooklane.ingest import http_metrics as im
+    from hooklane.workers import job_metrics as wm
     n = int(sys.argv[1])
     im.DELIVERIES.labels("vr", "200").inc(n)
     im.LATENCY.labels("vr").observe(0.001 * n)
@@ -311,8 +310,8 @@ _INCREMENT = textwrap.dedent("""
 
 _RENDER = textwrap.dedent("""
     import redis, sys
-    from shared import config
-    from ingest import metrics as im
+    from hooklane.shared import config
+    from hooklane.ingest import http_metrics as im
     cfg = config.loads(sys.stdin.read())
     sys.stdout.write(im.render(redis.Redis.from_url(cfg.redis.url), cfg)[0].decode())
 """)
@@ -351,8 +350,8 @@ def test_the_operations_guide_names_exactly_the_metrics_that_exist(
 ) -> None:
     import re
 
-    from shared.queue_metrics import build_registry
-    from workers import metrics as _worker_metrics  # noqa: F401 - registers the worker metrics
+    from hooklane.shared.queue_metrics import build_registry
+    from hooklane.workers import job_metrics as _worker_metrics  # noqa: F401 - registers the worker metrics
 
     config = make_config(BASE_CONFIG, redis_url=redis_server.url)
     exposed = set()

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from conftest import FIXTURES
 
-from shared.envelope import Delivery
-from shared.events import Event
-from shared.providers import PROVIDERS
-from shared.providers.base import NormalizeError
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import Event
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.providers.base import NormalizeError
 
 RECEIVED_AT = "2026-01-01T00:00:00.000000Z"
 # Where each provider names its event.

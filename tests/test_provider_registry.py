@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from conftest import FIXTURES
 
-from shared.envelope import Delivery
-from shared.events import CANONICAL_TYPES
-from shared.providers import PROVIDERS
-from shared.providers.base import Provider
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import CANONICAL_TYPES
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.providers.base import Provider
 
 NAMES = sorted(PROVIDERS)
 

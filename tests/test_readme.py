@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import config as config_mod
-from shared.cli import build_parser
+from hooklane.operators.cli import build_parser
+from hooklane.shared import config as config_mod
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 

@@ -14,15 +14,16 @@ import pytest
 import redis
 from conftest import BASE_CONFIG, TEST_ENV
 
-from ingest.app import create_app
-from shared import operator, stats
-from shared.cli import main
-from shared.config import Config
-from shared.envelope import utc_now_iso
-from shared.operator import collect_stats
-from shared.providers import volumereach
-from workers import runtime
-from workers.main import build_worker
+from hooklane.ingest.app import create_app
+from hooklane.operators import actions as operator
+from hooklane.operators.actions import collect_stats
+from hooklane.operators.cli import main
+from hooklane.shared import counters as stats
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import utc_now_iso
+from hooklane.shared.providers import volumereach
+from hooklane.workers import runtime
+from hooklane.workers.main import build_worker
 
 SOURCES = BASE_CONFIG.split("[handlers.log]")[0]
 # Port 9 (discard) on loopback: nothing listens, every POST fails at once with a connection error.
@@ -154,7 +155,7 @@ def test_workers_alive_are_listed_with_their_heartbeat_until_they_leave(cfg: Con
 
 @pytest.mark.redis
 def test_dead_letter_grouping_stops_at_the_scan_limit_and_says_so(cfg: Config, real_redis: redis.Redis) -> None:
-    from shared import deadletters
+    from hooklane.shared import deadletters
 
     for i in range(3):
         deadletters.add(real_redis, cfg, {"id": f"e{i}", "stage": "handler", "handler": "crm",

@@ -17,10 +17,10 @@ from conftest import FIXTURES, TEST_ENV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.auth import authenticate
-from shared.config import Secret, SourceConfig
-from shared.providers import PROVIDERS
-from shared.providers.base import SignatureError, VerificationError
+from hooklane.ingest.auth import authenticate
+from hooklane.shared.config import Secret, SourceConfig
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.providers.base import SignatureError, VerificationError
 
 # The secrets each signing provider's source is configured with (tests/conftest.py BASE_CONFIG).
 CONFIGURED = {

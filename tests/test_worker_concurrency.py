@@ -26,12 +26,13 @@ from support import handlers as th
 from test_worker_processes import CONFIG as PROCESS_CONFIG
 from test_worker_processes import Workers, deliver, wait_for
 
-from shared import deadletters
-from shared.config import Config, ConfigError
-from shared.jobs import SERIALIZER
-from workers import metrics, runtime
-from workers.main import OWN_CONNECTIONS, HooklaneSimpleWorker, HooklaneThreadedWorker, build_worker
-from workers.threaded import ThreadDeathPenalty
+from hooklane.shared import deadletters
+from hooklane.shared.config import Config, ConfigError
+from hooklane.shared.queueing import SERIALIZER
+from hooklane.workers import job_metrics as metrics
+from hooklane.workers import runtime
+from hooklane.workers.main import OWN_CONNECTIONS, HooklaneSimpleWorker, HooklaneThreadedWorker, build_worker
+from hooklane.workers.threaded import ThreadDeathPenalty
 
 pytestmark = pytest.mark.redis
 
@@ -238,13 +239,13 @@ def test_concurrent_jobs_count_every_event_and_log_only_their_own_ids(
 ):
     from conftest import parse_log_lines
 
-    from shared import logging as hl_logging
+    from hooklane.shared import logs
 
     cfg = make(make_config, redis_server, concurrency=8, handler="overlapping")
     before = metrics.EVENTS_NORMALIZED.labels("volumereach", "call.completed")._value.get()
     for n in range(16):
         deliver(cfg, real_redis, f"call_{n}")
-    hl_logging.configure("json", "INFO")
+    logs.configure("json", "INFO")
     capsys.readouterr()
     build_worker(cfg, redis=real_redis).work(burst=True)
     assert th.OVERLAP["max"] > 1, "the jobs did not overlap: this test would prove nothing"
@@ -349,7 +350,7 @@ def test_the_fork_worker_defaults_to_one_job_and_the_simple_worker_to_several(ma
 
 
 def test_the_concurrency_flag_overrides_the_config_and_is_checked_like_it(make_config):
-    from shared.cli.serve import with_concurrency
+    from hooklane.operators.cli.serve import with_concurrency
 
     assert with_concurrency(make_config(), 32).worker.concurrency == 32
     with pytest.raises(ConfigError, match="--concurrency: the fork worker"):
@@ -359,9 +360,9 @@ def test_the_concurrency_flag_overrides_the_config_and_is_checked_like_it(make_c
 
 
 def test_the_same_delivery_queued_twice_and_run_at_once_fans_out_once(make_config, redis_server, real_redis):
-    from shared.envelope import Delivery, utc_now_iso
-    from shared.jobs import enqueue_delivery
-    from shared.providers import volumereach
+    from hooklane.shared.envelope import Delivery, utc_now_iso
+    from hooklane.shared.providers import volumereach
+    from hooklane.shared.queueing import enqueue_delivery
 
     cfg = make(make_config, redis_server, concurrency=8, handler="overlapping")
     body = volumereach.samples()["call.completed"]

@@ -14,13 +14,13 @@ from rq import Queue
 from rq.registry import ScheduledJobRegistry
 from support import handlers as th
 
-from ingest.app import create_app
-from shared import deadletters
-from shared.config import Config
-from shared.jobs import SERIALIZER
-from shared.providers import volumereach
-from workers import runtime
-from workers.main import build_worker
+from hooklane.ingest.app import create_app
+from hooklane.shared import deadletters
+from hooklane.shared.config import Config
+from hooklane.shared.providers import volumereach
+from hooklane.shared.queueing import SERIALIZER
+from hooklane.workers import runtime
+from hooklane.workers.main import build_worker
 
 pytestmark = pytest.mark.redis
 
@@ -177,7 +177,7 @@ def test_retries_wait_in_rq_scheduled_registry_between_attempts(cfg, real_redis)
     registry = ScheduledJobRegistry(queue=queue)
     [job_id] = registry.get_job_ids()
     job = queue.fetch_job(job_id)
-    assert job.func_name == "workers.jobs.run_handler"
+    assert job.func_name == "hooklane.workers.jobs.run_handler"
     assert job.meta["attempts"][0]["error_class"] == "TransientError"
     assert job.retries_left == 1  # max_attempts 3: the inline attempt, this job, one retry
 
@@ -199,9 +199,9 @@ def test_an_event_no_route_matches_is_counted_not_failed(cfg, make_config, redis
     drain(cfg, real_redis)
     assert th.CALLS == []
     assert deadletters.count(real_redis, cfg) == 0
-    from shared import stats
+    from hooklane.shared import counters
 
-    assert stats.recent(real_redis, "hooklane", "unrouted") == 1
+    assert counters.recent(real_redis, "hooklane", "unrouted") == 1
 
 
 def test_a_replayed_handler_dead_letter_runs_only_that_handler_with_history_kept(cfg, real_redis):

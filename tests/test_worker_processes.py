@@ -26,10 +26,10 @@ import requests
 from conftest import RedisServer, free_port, parse_log_lines, set_worker_concurrency
 from http_sink import HttpSink
 
-from ingest.app import create_app
-from shared import deadletters
-from shared.config import Config
-from shared.providers import volumereach
+from hooklane.ingest.app import create_app
+from hooklane.shared import deadletters
+from hooklane.shared.config import Config
+from hooklane.shared.providers import volumereach
 
 pytestmark = pytest.mark.redis
 
@@ -73,7 +73,7 @@ class Workers:
         log_path = self.config_path.with_name(f"worker-{len(self.procs)}.log")
         with log_path.open("wb") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", "--config", str(self.config_path), "worker"],
+                [sys.executable, "-m", "hooklane.operators.cli", "--config", str(self.config_path), "worker"],
                 env=self.env, stdout=subprocess.DEVNULL, stderr=stderr,
                 start_new_session=True,  # its own process group: the worker and the scheduler it forks
             )

@@ -11,7 +11,7 @@ import pytest
 import redis
 import structlog
 
-from workers import main, resilience
+from hooklane.workers import main, resilience
 
 
 @pytest.fixture

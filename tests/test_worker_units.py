@@ -7,13 +7,13 @@ import random
 
 import pytest
 
-from shared.config import WorkerConfig
-from shared.envelope import Delivery
-from shared.providers.base import to_iso, to_seconds
-from shared.redaction import Redactor
-from workers.backoff import delays
-from workers.errors import NormalizeFailed, PermanentError, TransientError, is_permanent
-from workers.jobs import normalize
+from hooklane.shared.backoff import delays
+from hooklane.shared.config import WorkerConfig
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers.base import to_iso, to_seconds
+from hooklane.shared.redaction import Redactor
+from hooklane.workers.errors import NormalizeFailed, PermanentError, TransientError, is_permanent
+from hooklane.workers.jobs import normalize
 
 
 def delivery(body: bytes, provider: str = "volumereach") -> Delivery:
@@ -45,7 +45,7 @@ def test_unreadable_bodies_fail_normalize_permanently(body):
 
 
 def test_a_normalizer_bug_is_a_permanent_normalize_failure_not_a_crash(monkeypatch):
-    from shared.providers import PROVIDERS
+    from hooklane.shared.providers import PROVIDERS
 
     def broken(payload, d):
         raise KeyError("call_id")
@@ -86,7 +86,7 @@ def test_a_sentinel_redis_url_is_accepted_by_the_config(make_config):
 
 
 def test_dead_letter_type_filter_star_matches_everything():
-    from shared.deadletters import Filters
+    from hooklane.shared.deadletters import Filters
 
     assert Filters(type="*").match({"event_type": "call.completed"})
     assert Filters(type="call.*").match({"event_type": "call.failed"})
@@ -96,7 +96,7 @@ def test_dead_letter_type_filter_star_matches_everything():
 def test_the_canonical_event_dict_round_trips_and_matches_its_json():
     import json
 
-    from shared.events import Call, Event
+    from hooklane.shared.events import Call, Event
 
     event = Event(id="s:1", source="s", provider="p", type="call.completed", provider_type="x",
                   occurred_at="t", received_at="t", delivery_id=None,
@@ -109,8 +109,8 @@ def test_the_canonical_event_dict_round_trips_and_matches_its_json():
 
 
 def test_a_python_handler_that_mutates_its_event_does_not_change_what_the_next_handler_sees():
-    from shared.config import HandlerConfig
-    from workers.handlers.python import PythonHandler
+    from hooklane.shared.config import HandlerConfig
+    from hooklane.workers.handlers.python import PythonHandler
 
     def vandal(event):
         event["call"]["phone"] = "changed"

@@ -28,17 +28,18 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from shared import deadletters, stats
-from shared import logging as hl_logging
-from shared.config import HandlerConfig
-from shared.envelope import Delivery, EnvelopeError, log_delivery_id, utc_now_iso
-from shared.events import Event
-from shared.jobs import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
-from shared.providers import PROVIDERS
-from workers import metrics, runtime
-from workers.backoff import delays
-from workers.dedupe import RUNNING
-from workers.errors import NormalizeFailed, PermanentError, TransientError, is_permanent
+from hooklane.shared import counters, deadletters
+from hooklane.shared import logs as hl_logging
+from hooklane.shared.backoff import delays
+from hooklane.shared.config import HandlerConfig
+from hooklane.shared.envelope import Delivery, EnvelopeError, log_delivery_id, utc_now_iso
+from hooklane.shared.events import Event
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
+from hooklane.workers import job_metrics as metrics
+from hooklane.workers import runtime
+from hooklane.workers.dedupe import RUNNING
+from hooklane.workers.errors import NormalizeFailed, PermanentError, TransientError, is_permanent
 
 log = hl_logging.get_logger("hooklane.worker")
 
@@ -100,7 +101,7 @@ def process_delivery(envelope: dict[str, Any]) -> None:
     if claim.duplicate:
         log.info("event.duplicate")
         pipe = rt.redis.pipeline(transaction=False)
-        stats.bump(pipe, prefix, "duplicates")
+        counters.bump(pipe, prefix, "duplicates")
         pipe.execute()
         metrics.DUPLICATES.labels(event.source).inc()
         return
@@ -112,10 +113,10 @@ def process_delivery(envelope: dict[str, Any]) -> None:
     if not pending:
         pipe = rt.redis.pipeline(transaction=False)
         rt.deduper.finish(event.id, pipeline=pipe)
-        stats.bump(pipe, prefix, "processed")
+        counters.bump(pipe, prefix, "processed")
         if not targets:
             log.info("event.unrouted")
-            stats.bump(pipe, prefix, "unrouted")
+            counters.bump(pipe, prefix, "unrouted")
         pipe.execute()
         return
 
@@ -140,13 +141,13 @@ def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, An
             else:
                 _schedule_retry(rt, pipe, handler, event, envelope, exc, attempt, final=final)
             if final:
-                stats.bump(pipe, rt.config.redis.prefix, "processed")
+                counters.bump(pipe, rt.config.redis.prefix, "processed")
             pipe.execute()
             return
         pipe = rt.redis.pipeline(transaction=False)
         rt.deduper.settle(event["id"], handler.name, "done", pipeline=pipe, final=final)
         if final:
-            stats.bump(pipe, rt.config.redis.prefix, "processed")
+            counters.bump(pipe, rt.config.redis.prefix, "processed")
         pipe.execute()
         log.info("handler.done", duration_ms=round((time.monotonic() - started) * 1000, 3))
         metrics.handler_attempt(handler.name, metrics.OK, time.monotonic() - started)
@@ -161,7 +162,7 @@ def _dead_letter_inline(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, 
     )
     deadletters.add(rt.redis, rt.config, entry, pipeline=pipe)
     rt.deduper.settle(event["id"], handler.name, "dead", pipeline=pipe, final=final)
-    stats.bump(pipe, rt.config.redis.prefix, "dead_lettered")
+    counters.bump(pipe, rt.config.redis.prefix, "dead_lettered")
     log.error("handler.dead_lettered", error=attempt["error_class"], message=attempt["message"],
               status=attempt["status"])
     metrics.handler_attempt(handler.name, metrics.DEAD_LETTER, attempt["duration_ms"] / 1000)
@@ -178,7 +179,7 @@ def _schedule_retry(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, even
         prior_attempts=[attempt], retries=handler.max_attempts - 2, delay=first_wait, intervals=waits[1:],
     )
     rt.deduper.settle(event["id"], handler.name, "retrying", pipeline=pipe, final=final)
-    stats.bump(pipe, rt.config.redis.prefix, "retries")
+    counters.bump(pipe, rt.config.redis.prefix, "retries")
     log.warning("handler.retry_scheduled", error=attempt["error_class"], message=attempt["message"],
                 status=attempt["status"], retry_in_s=first_wait, retry_job_id=retry_job.id)
     metrics.handler_attempt(handler.name, metrics.RETRY, attempt["duration_ms"] / 1000)
@@ -293,7 +294,7 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
         deadletters.add(rt.redis, rt.config, entry, pipeline=pipe)
         if is_handler and event:
             rt.deduper.settle(event["id"], handler, "dead", pipeline=pipe)
-        stats.bump(pipe, rt.config.redis.prefix, "dead_lettered")
+        counters.bump(pipe, rt.config.redis.prefix, "dead_lettered")
         pipe.execute()
         job.save_meta()
         log.error("job.dead_lettered", stage=stage, handler=handler, error=exc_type.__name__,

@@ -38,12 +38,12 @@ from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
 from rq.worker import BaseWorker
 
-from shared import logging as hl_logging
-from shared.config import Config
-from shared.jobs import SERIALIZER, rq_queue
-from shared.redisconn import connect
-from workers import jobs, resilience, runtime
-from workers.threaded import ThreadedWorker
+from hooklane.shared import logs as hl_logging
+from hooklane.shared.config import Config
+from hooklane.shared.queueing import SERIALIZER, rq_queue
+from hooklane.shared.redisconn import connect
+from hooklane.workers import jobs, resilience, runtime
+from hooklane.workers.threaded import ThreadedWorker
 
 log = hl_logging.get_logger("hooklane.worker")
 
@@ -263,8 +263,8 @@ def build_worker(config: Config, *, redis: Any = None, name: str | None = None) 
 def start_metrics_server(config: Config, worker: BaseWorker, port: int, *, redis: Any = None,
                          addr: str = "0.0.0.0") -> ThreadingWSGIServer:
     """Serve /metrics (this process's counters + the queue gauges) and /healthz on `port`, from a daemon thread."""
-    from shared.queue_metrics import build_registry
-    from workers import metrics
+    from hooklane.shared.queue_metrics import build_registry
+    from hooklane.workers import job_metrics as metrics
 
     # Its own connection with a timeout: the worker's blocks without one, and a scrape must not hang on Redis.
     scrape_redis = redis if redis is not None else connect(config.redis.url, socket_timeout=2.0)

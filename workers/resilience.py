@@ -47,7 +47,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from shared import logging as hl_logging
+from hooklane.shared import logs as hl_logging
 
 log = hl_logging.get_logger("hooklane.worker")
 

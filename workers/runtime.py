@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from redis import Redis
 from rq.registry import StartedJobRegistry
 
-from shared import config as config_mod
-from shared.config import Config
-from shared.jobs import queue_name
-from shared.redaction import Redactor
-from shared.redisconn import connect
-from workers.dedupe import Deduper
-from workers.handlers import Handler, build_all
+from hooklane.shared import config as config_mod
+from hooklane.shared.config import Config
+from hooklane.shared.queueing import queue_name
+from hooklane.shared.redaction import Redactor
+from hooklane.shared.redisconn import connect
+from hooklane.workers.dedupe import Deduper
+from hooklane.workers.handlers import Handler, build_all
 
 
 @dataclass

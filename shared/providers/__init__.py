@@ -7,8 +7,8 @@ the contract), its line below, and ``tests/fixtures/<name>/``;
 
 from __future__ import annotations
 
-from shared.providers import voicekit, voipbin, volubile, volumereach, voxpria
-from shared.providers.base import Provider
+from hooklane.shared.providers import voicekit, voipbin, volubile, volumereach, voxpria
+from hooklane.shared.providers.base import Provider
 
 PROVIDERS: dict[str, Provider] = {
     p.name: p

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.envelope import Delivery, iso_utc
-from shared.events import Call, Event
+from hooklane.shared.envelope import Delivery, iso_utc
+from hooklane.shared.events import Call, Event
 
 Clock = Callable[[], float]
 Headers = Mapping[str, str]  # lower-case names

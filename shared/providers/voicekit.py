@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.envelope import Delivery
-from shared.events import Call, Event
-from shared.providers.base import (
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import Call, Event
+from hooklane.shared.providers.base import (
     Provider,
     as_str,
     build_event,

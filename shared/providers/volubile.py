@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from shared.envelope import Delivery
-from shared.events import Call, Event
-from shared.providers.base import (
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.events import Call, Event
+from hooklane.shared.providers.base import (
     Clock,
     Headers,
     Provider,

@@ -28,8 +28,8 @@ from e2e.harness import (
     start_process,
     wait_for,
 )
-from shared import config as config_mod
-from shared.cli.dev import free_port
+from hooklane.operators.cli.dev import free_port
+from hooklane.shared import config as config_mod
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,15 @@ import requests
 from http_sink import HttpSink, SinkRequest
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
-from shared import sending, stats
-from shared.config import Config
+from hooklane.operators import sending
+from hooklane.shared import counters
+from hooklane.shared.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_HOOKLANE = Path(sys.executable).with_name("hooklane")
 # The installed console script when there is one (what users run), else the same entry point via -c.
 HOOKLANE = [str(VENV_HOOKLANE)] if VENV_HOOKLANE.exists() else [
-    sys.executable, "-c", "import sys; from shared.cli import main; sys.exit(main(sys.argv[1:]))"]
+    sys.executable, "-c", "import sys; from hooklane.operators.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 E2E_ENV = {
     "E2E_VOLUMEREACH_SECRET": "e2e-volumereach-secret",
@@ -253,6 +254,6 @@ class Pipeline:
         wait_for(quiet, timeout, "the queue to drain", self.explain)
 
     def stat(self, kind: str) -> int:
-        return stats.recent(self.redis, self.config.redis.prefix, kind, minutes=60)
+        return counters.recent(self.redis, self.config.redis.prefix, kind, minutes=60)
 
 

@@ -1,6 +1,6 @@
 """End to end across real processes: webhooks in over HTTP, canonical events out at an HTTP sink.
 
-Every delivery is built by `shared.sending.build_delivery`, the code behind
+Every delivery is built by `operators.sending.build_delivery`, the code behind
 `hooklane send`, so these tests speak the providers' wire format exactly as the
 CLI does. The processes are in conftest.py; each test uses ids of its own.
 """
@@ -30,10 +30,11 @@ from e2e.harness import (
     start_process,
     wait_for,
 )
-from shared import deadletters, sending
-from shared.cli.dev import free_port
-from shared.envelope import Delivery
-from shared.providers import PROVIDERS
+from hooklane.operators import sending
+from hooklane.operators.cli.dev import free_port
+from hooklane.shared import deadletters
+from hooklane.shared.envelope import Delivery
+from hooklane.shared.providers import PROVIDERS
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from workers.errors import PermanentError, TransientError
+from hooklane.workers.errors import PermanentError, TransientError
 
 CALLS: list[tuple[str, dict[str, Any]]] = []
 # handler name -> list of outcomes to play, one per call: "ok", "transient", "permanent", "crash", "bug"

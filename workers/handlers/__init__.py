@@ -13,11 +13,11 @@ from typing import Any
 
 from redis import Redis
 
-from shared.config import Config, HandlerConfig
-from workers.handlers.http import HttpHandler
-from workers.handlers.log import LogHandler
-from workers.handlers.python import PythonHandler
-from workers.handlers.suppression import SuppressionHandler
+from hooklane.shared.config import Config, HandlerConfig
+from hooklane.workers.handlers.http import HttpHandler
+from hooklane.workers.handlers.log import LogHandler
+from hooklane.workers.handlers.python import PythonHandler
+from hooklane.workers.handlers.suppression import SuppressionHandler
 
 Handler = Callable[[dict[str, Any]], None]
 

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from shared.config import HandlerConfig
-from shared.events import dumps
-from workers.errors import PermanentError, TransientError
+from hooklane.shared.config import HandlerConfig
+from hooklane.shared.events import dumps
+from hooklane.workers.errors import PermanentError, TransientError
 
 TRANSIENT_STATUSES = {408, 425, 429}
 USER_AGENT = "hooklane/0.1 (+webhook relay)"

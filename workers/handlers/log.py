@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.config import HandlerConfig
-from shared.logging import get_logger
+from hooklane.shared.config import HandlerConfig
+from hooklane.shared.logs import get_logger
 
 log = get_logger("hooklane.handler.log")
 

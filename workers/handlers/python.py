@@ -16,7 +16,7 @@ import copy
 import threading
 from typing import Any
 
-from shared.config import HandlerConfig
+from hooklane.shared.config import HandlerConfig
 
 # A waiting call wakes this often, so a job that times out while it waits for its turn is still stopped.
 _TURN_WAIT_SECONDS = 1.0

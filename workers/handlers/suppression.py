@@ -14,7 +14,7 @@ from typing import Any
 
 from redis import Redis
 
-from shared.config import HandlerConfig
+from hooklane.shared.config import HandlerConfig
 
 _NOT_DIGITS = re.compile(r"[^0-9]")
 

@@ -10,15 +10,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shared.cli import config_cmd, serve
+from hooklane.operators.cli import config_cmd, serve
 
 COMMANDS = [serve, config_cmd]
 
 for _optional in ("dlq", "send", "stats", "dev", "sink"):
     try:
-        COMMANDS.append(__import__(f"shared.cli.{_optional}", fromlist=["register"]))
+        COMMANDS.append(__import__(f"operators.cli.{_optional}", fromlist=["register"]))
     except ModuleNotFoundError as exc:
-        if exc.name != f"shared.cli.{_optional}":
+        if exc.name != f"operators.cli.{_optional}":
             raise
 
 

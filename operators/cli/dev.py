@@ -2,7 +2,7 @@
 
 Runs, as child processes: a private `redis-server` (unless one is given),
 `hooklane ingest` on 127.0.0.1:PORT and one `hooklane worker` with the
-scheduler, all on the sample config `shared/dev.toml` (a source per provider,
+scheduler, all on the sample config `operators/dev.toml` (a source per provider,
 a log handler, a local suppression list). Ctrl-C / SIGTERM stops them in
 order — ingest, then the worker (it finishes its job), then Redis — and a
 child that dies on its own stops the rest and makes `hooklane dev` exit 1.
@@ -32,10 +32,10 @@ from urllib.parse import urlsplit
 
 import redis
 
-from shared import config as config_mod
-from shared import sending
-from shared.config import Config, ConfigError
-from shared.redisconn import connect
+from hooklane.operators import sending
+from hooklane.shared import config as config_mod
+from hooklane.shared.config import Config, ConfigError
+from hooklane.shared.redisconn import connect
 
 SAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "dev.toml"
 
@@ -50,7 +50,7 @@ DEV_ENV = {
 }
 
 # Runs the hooklane CLI in a child without depending on the console script being on PATH.
-_CLI = "import sys; from shared.cli import main; sys.exit(main(sys.argv[1:]))"
+_CLI = "import sys; from hooklane.operators.cli import main; sys.exit(main(sys.argv[1:]))"
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0

@@ -17,11 +17,12 @@ from typing import Any, TextIO
 
 from redis import Redis, RedisError
 
-from shared import deadletters, operator
-from shared.cli.common import load_config, redis_for
-from shared.config import Config
-from shared.deadletters import Filters
-from shared.operator import OperatorError
+from hooklane.operators import actions as operator
+from hooklane.operators.actions import OperatorError
+from hooklane.operators.cli.common import load_config, redis_for
+from hooklane.shared import deadletters
+from hooklane.shared.config import Config
+from hooklane.shared.deadletters import Filters
 
 DEFAULT_LIMIT = 50
 

@@ -10,7 +10,7 @@
 Every route needs ``Authorization: Bearer $HOOKLANE_ADMIN_TOKEN``. The token is
 read once, when the app is created; without one the routes are not registered
 at all, so an instance nobody configured for administration exposes nothing
-(404). Filters mean exactly what they mean in `hooklane dlq` (shared.operator).
+(404). Filters mean exactly what they mean in `hooklane dlq` (operators.actions).
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ from typing import Any
 import redis as redis_lib
 from flask import Blueprint, Flask, Response, request
 
-from shared import deadletters
-from shared import logging as hl_logging
-from shared.config import Config
-from shared.operator import (
+from hooklane.operators.actions import (
     FILTER_FIELDS,
     NOT_FOUND,
     WOULD_REPLAY,
@@ -42,8 +39,10 @@ from shared.operator import (
     replay_many,
     replay_one,
 )
+from hooklane.shared import deadletters, logs
+from hooklane.shared.config import Config
 
-log = hl_logging.get_logger("hooklane.admin")
+log = logs.get_logger("hooklane.admin")
 
 TOKEN_ENV = "HOOKLANE_ADMIN_TOKEN"
 DEFAULT_PAGE = 50

@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from shared.cli.common import load_config
-from shared.config import Config, ConfigError, check_concurrency
+from hooklane.operators.cli.common import load_config
+from hooklane.shared.config import Config, ConfigError, check_concurrency
 
 GUNICORN_CONF = Path(__file__).resolve().parents[2] / "ingest" / "gunicorn.conf.py"
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def ingest_argv(args: argparse.Namespace) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "ingest.wsgi:app"]
+    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "hooklane.ingest.wsgi:app"]
 
 
 def ingest(args: argparse.Namespace) -> int:
@@ -60,7 +60,7 @@ def with_concurrency(config: Config, concurrency: int) -> Config:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from workers.main import run
+    from hooklane.workers.main import run
 
     config = load_config(args)
     if args.concurrency is not None:

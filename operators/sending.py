@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from shared.config import SourceConfig
-from shared.providers import PROVIDERS
-from shared.providers.base import Provider
+from hooklane.shared.config import SourceConfig
+from hooklane.shared.providers import PROVIDERS
+from hooklane.shared.providers.base import Provider
 
 USER_AGENT = "hooklane-send/0.1"
 

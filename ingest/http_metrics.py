@@ -14,8 +14,8 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from redis import Redis
 
-from shared.config import Config
-from shared.queue_metrics import build_registry
+from hooklane.shared.config import Config
+from hooklane.shared.queue_metrics import build_registry
 
 DELIVERIES = Counter("hooklane_ingest_deliveries_total", "Deliveries answered, by source and HTTP status",
                      ["source", "status"])

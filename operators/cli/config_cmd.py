@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from shared.cli.common import load_config, redis_for
-from shared.config import describe
-from workers.handlers.suppression import is_suppressed
+from hooklane.operators.cli.common import load_config, redis_for
+from hooklane.shared.config import describe
+from hooklane.workers.handlers.suppression import is_suppressed
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from shared.config import WorkerConfig
+from hooklane.shared.config import WorkerConfig
 
 
 def delays(config: WorkerConfig, retries: int, rng: random.Random | None = None) -> list[float]:

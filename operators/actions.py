@@ -22,14 +22,15 @@ from typing import Any
 
 from redis import Redis
 
-from shared import deadletters, stats
-from shared.config import Config
-from shared.deadletters import Filters, ReplayConflict
-from shared.envelope import iso_utc
-from shared.redaction import MASK, Redactor
+from hooklane.shared import counters as stats
+from hooklane.shared import deadletters
+from hooklane.shared.config import Config
+from hooklane.shared.deadletters import Filters, ReplayConflict
+from hooklane.shared.envelope import iso_utc
+from hooklane.shared.redaction import MASK, Redactor
 
 FILTER_FIELDS = ("source", "provider", "type", "handler", "stage", "error", "since", "until")
-# Kinds counted per minute by the workers (shared.stats.bump), in display order.
+# Kinds counted per minute by the workers (shared.counters.bump), in display order.
 STAT_KINDS = ("processed", "duplicates", "retries", "dead_lettered", "unrouted")
 STAT_WINDOWS = (1, 5, 60)
 # `stats` reads every dead letter to group them by handler; past this many it stops rather than
@@ -298,7 +299,7 @@ def collect_stats(redis: Redis, config: Config, *, now: float | None = None,
     from rq import worker_registration
     from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
-    from shared.jobs import rq_queue
+    from hooklane.shared.queueing import rq_queue
 
     ref = time.time() if now is None else now
     queue = rq_queue(redis, config)

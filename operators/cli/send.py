@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from shared import config as config_mod
-from shared import sending
-from shared.config import Config, ConfigError, SourceConfig
-from shared.providers import PROVIDERS
+from hooklane.operators import sending
+from hooklane.shared import config as config_mod
+from hooklane.shared.config import Config, ConfigError, SourceConfig
+from hooklane.shared.providers import PROVIDERS
 
 # Redeliveries re-send one of the last bodies sent; a bounded window keeps a long load test's memory flat.
 HISTORY = 1000
@@ -256,7 +256,7 @@ def _load_config(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Conf
     if path or Path(config_mod.DEFAULT_PATH).exists():
         config = config_mod.load(path, env=env)
         return config, config.path
-    from shared.cli import dev  # late: dev pulls in process management the common path does not need
+    from hooklane.operators.cli import dev  # late: dev pulls in process management the common path does not need
 
     print(f"hooklane send: no hooklane.toml here and no HOOKLANE_CONFIG: using the `hooklane dev` sample "
           f"config ({dev.SAMPLE_CONFIG})", file=sys.stderr)

@@ -20,8 +20,8 @@ from redis import Redis
 from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 from rq.serializers import JSONSerializer
 
-from shared.config import Config
-from shared.envelope import Delivery
+from hooklane.shared.config import Config
+from hooklane.shared.envelope import Delivery
 
 SERIALIZER = JSONSerializer
 # Seconds a finished job's hash is kept. Not 0: with 0, RQ 3.0 deletes the job on success and
@@ -29,8 +29,8 @@ SERIALIZER = JSONSerializer
 # expired, Execution.fetch raises, and a successful re-run is recorded as a failure
 # (tests/test_worker_processes.py). With >0 RQ only sets an EXPIRE: its common, tested path.
 RESULT_TTL = 1
-PROCESS_DELIVERY = "workers.jobs.process_delivery"
-RUN_HANDLER = "workers.jobs.run_handler"
+PROCESS_DELIVERY = "hooklane.workers.jobs.process_delivery"
+RUN_HANDLER = "hooklane.workers.jobs.run_handler"
 
 
 def queue_name(config: Config) -> str:
@@ -232,7 +232,7 @@ def enqueue_handler_job(
 
     from rq import Retry
 
-    from workers.backoff import delays
+    from hooklane.shared.backoff import delays
 
     retry = None
     if retries > 0:

@@ -1,6 +1,6 @@
 """`hooklane stats`: is the pipeline keeping up? Queue, retries, dead letters, throughput, workers.
 
-The numbers come from shared.operator.collect_stats, the same function behind
+The numbers come from operators.actions.collect_stats, the same function behind
 `GET /admin/stats`. Exit 0, or 2 when the config or Redis cannot be used.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 from redis import RedisError
 
-from shared.cli.common import load_config, redis_for
-from shared.operator import STAT_KINDS, STAT_WINDOWS, collect_stats
+from hooklane.operators.actions import STAT_KINDS, STAT_WINDOWS, collect_stats
+from hooklane.operators.cli.common import load_config, redis_for
 
 LABELS = {
     "processed": "events processed",

@@ -7,9 +7,9 @@ import sys
 
 from redis import Redis
 
-from shared import config as config_mod
-from shared.config import Config, ConfigError
-from shared.redisconn import connect
+from hooklane.shared import config as config_mod
+from hooklane.shared.config import Config, ConfigError
+from hooklane.shared.redisconn import connect
 
 
 def load_config(args: argparse.Namespace) -> Config:

@@ -41,7 +41,7 @@ from typing import Any
 import structlog
 from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
 
-from shared.redaction import MASK, Redactor
+from hooklane.shared.redaction import MASK, Redactor
 
 __all__ = ["configure", "get_logger", "bind", "bound", "clear", "add_secret_values", "scrub_text"]
 

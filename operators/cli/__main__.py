@@ -1,0 +1,5 @@
+import sys
+
+from hooklane.operators.cli import main
+
+sys.exit(main())
