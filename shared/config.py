@@ -26,6 +26,9 @@ DEFAULT_PATH = "./hooklane.toml"
 HANDLER_TYPES = ("http", "suppression", "python", "log")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PATTERN_RE = re.compile(r"^[a-z0-9_*.-]+$")
+# Chosen by measurement (docs/benchmarks.md, "Concurrent workers"); docs/operations.md says how to pick N.
+DEFAULT_CONCURRENCY = 16
+MAX_CONCURRENCY = 512
 
 
 class ConfigError(ValueError):
@@ -109,6 +112,8 @@ class WorkerConfig:
     backoff_cap_seconds: float = 8 * 3600.0
     backoff_jitter: float = 0.2
     worker_class: str = "simple"  # "simple" (in-process) or "fork" (a process per job)
+    # Jobs one "simple" worker process runs at once, in threads (workers/threaded.py); 1 = one at a time.
+    concurrency: int = DEFAULT_CONCURRENCY
     metrics_port: int | None = None
 
 
@@ -148,6 +153,8 @@ class HandlerConfig:
     secret: Secret | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     suppression_key: str = "suppression"
+    # For `python` handlers: false serializes the callable (one call at a time per worker process).
+    concurrency_safe: bool = True
     # For `python` handlers: resolved at load time so a bad target fails the config check.
     callable: Callable[[dict], Any] | None = field(default=None, compare=False, repr=False)
 
@@ -276,6 +283,9 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
         backoff_cap_seconds=wk.float("backoff_cap_seconds", d.backoff_cap_seconds, minimum=0.0),
         backoff_jitter=jitter,
         worker_class=worker_class,
+        concurrency=check_concurrency(
+            wk.int("concurrency", 1 if worker_class == "fork" else d.concurrency, minimum=1),
+            worker_class, wk.key("concurrency")),
         metrics_port=wk.int("metrics_port", None, minimum=1) if "metrics_port" in wk.data else None,
     )
 
@@ -324,6 +334,18 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
 
 
 SOURCE_KEYS = ("name", "provider", "secrets", "token", "allow_ips", "tolerance_seconds", "insecure", "methods")
+
+
+def check_concurrency(value: int, worker_class: str, key: str) -> int:
+    """`[worker] concurrency` or `--concurrency` (named by `key`), checked against the worker class."""
+    if value > MAX_CONCURRENCY:
+        raise ConfigError(f"{key}: must be at most {MAX_CONCURRENCY}, got {value} (run more worker processes instead)")
+    if worker_class == "fork" and value > 1:
+        raise ConfigError(
+            f"{key}: the fork worker runs one job at a time (a work horse per job); use worker_class = \"simple\" "
+            f"to run {value} jobs at once in threads, or start more fork worker processes"
+        )
+    return value
 
 
 def _source(s: _Reader) -> SourceConfig:
@@ -394,7 +416,7 @@ def _handler(name: str, h: _Reader) -> HandlerConfig:
         raise ConfigError(f"handlers.{name}: handler names are letters, digits, '_', '.', '-'")
     h.only(
         "type", "url", "timeout_seconds", "connect_timeout_seconds", "max_attempts",
-        "target", "outcomes", "secret", "headers", "suppression_key",
+        "target", "outcomes", "secret", "headers", "suppression_key", "concurrency_safe",
     )
     kind = h.str("type", None)
     if kind not in HANDLER_TYPES:
@@ -418,6 +440,8 @@ def _handler(name: str, h: _Reader) -> HandlerConfig:
     outcomes = tuple(h.str_list("outcomes"))
     if kind == "suppression" and not outcomes:
         raise ConfigError(f"{h.key('outcomes')}: a suppression handler needs the outcomes that suppress")
+    if "concurrency_safe" in h.data and kind != "python":
+        raise ConfigError(f"{h.key('concurrency_safe')}: only python handlers take it ({kind} handlers are safe)")
     headers = h.data.get("headers", {})
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise ConfigError(f"{h.key('headers')}: must be a table of strings")
@@ -433,6 +457,7 @@ def _handler(name: str, h: _Reader) -> HandlerConfig:
         secret=secret_list[0] if secret_list else None,
         headers=dict(headers),
         suppression_key=h.name("suppression_key", "suppression"),
+        concurrency_safe=h.bool("concurrency_safe", True),
         callable=func,
     )
 
@@ -569,7 +594,8 @@ def describe(config: Config) -> str:
     lines = [f"config: {config.path}",
              f"redis: {safe_url(config.redis.url, keep_query=True)} (prefix {config.redis.prefix})",
              f"ingest: max_body_bytes={config.ingest.max_body_bytes} trusted_proxies={config.ingest.trusted_proxies}",
-             f"worker: class={config.worker.worker_class} dedupe_window={config.worker.dedupe_window_seconds}s "
+             f"worker: class={config.worker.worker_class} concurrency={config.worker.concurrency} "
+             f"dedupe_window={config.worker.dedupe_window_seconds}s "
              f"job_timeout={config.worker.job_timeout_seconds}s",
              f"dead letters: retention={config.dead_letters.retention_days or 'forever'} days",
              f"sources ({len(config.sources)}):"]

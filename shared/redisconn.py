@@ -7,25 +7,48 @@ Sentinel-managed primary (failover follows the primary).
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+
+class _Blocking(BlockingConnectionPool):
+    """A bounded pool that waits for a free connection (instead of "Too many connections")."""
+
+    def set_retry(self, retry: Any) -> None:
+        # redis-py 8.1's inherited set_retry walks ConnectionPool's lists, which this pool does not keep.
+        self.connection_kwargs["retry"] = retry
+        for conn in self._connections:
+            conn.retry = retry
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, _Blocking):
+    """Sentinel's primary discovery with the bounded, waiting pool."""
+
+    set_retry = _Blocking.set_retry
 
 
 def connect(url: str, *, socket_timeout: float | None = 5.0, connect_timeout: float = 2.0,
-            single_connection: bool = False) -> Redis:
+            single_connection: bool = False, max_connections: int | None = None) -> Redis:
     """A client; nothing is connected until its first command, so this never fails for an unreachable Redis.
 
     `single_connection` keeps one connection instead of a pool: for a process that serves one
     request at a time (a gunicorn sync worker) it saves the pool's get/release on every command
-    (~20 µs of ~100, measured in docs/benchmarks.md); redis-py still locks it for threads."""
+    (~20 µs of ~100, measured in docs/benchmarks.md); redis-py still locks it for threads.
+    `max_connections` bounds the pool for a threaded process: a thread that finds them all in use
+    waits for one (instead of redis-py's "Too many connections" error)."""
     if url.startswith("redis+sentinel://"):
-        return _sentinel(url, socket_timeout, connect_timeout)
-    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout, "health_check_interval": 30}
+        return _sentinel(url, socket_timeout, connect_timeout, max_connections)
+    options: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout,
+                               "health_check_interval": 30}
+    if max_connections is not None:
+        pool = _Blocking.from_url(url, max_connections=max_connections, timeout=30, **options)
+        return Redis(connection_pool=pool)
     if not single_connection:
         return Redis.from_url(url, **options)
     # A pool checks the connection it hands out; the pinned one is not checked before use, so when Redis or a
@@ -49,7 +72,8 @@ def _pin_one_connection(client: Redis) -> None:
     client._single_connection_client = True  # redis-py's switch: lock the pinned connection per command
 
 
-def _sentinel(url: str, socket_timeout: float | None, connect_timeout: float) -> Redis:
+def _sentinel(url: str, socket_timeout: float | None, connect_timeout: float,
+              max_connections: int | None = None) -> Redis:
     parts = urlsplit(url)
     hosts = []
     for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
@@ -61,4 +85,8 @@ def _sentinel(url: str, socket_timeout: float | None, connect_timeout: float) ->
     service, db = path[0], int(path[1]) if len(path) > 1 else 0
     password = parts.password or (parse_qs(parts.query).get("password") or [None])[0]
     sentinel = Sentinel(hosts, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
-    return sentinel.master_for(service, db=db, password=password, socket_timeout=socket_timeout)
+    if max_connections is None:
+        return sentinel.master_for(service, db=db, password=password, socket_timeout=socket_timeout)
+    return sentinel.master_for(service, db=db, password=password, socket_timeout=socket_timeout,
+                               connection_pool_class=_BlockingSentinelPool, max_connections=max_connections,
+                               timeout=30)

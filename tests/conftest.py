@@ -230,6 +230,19 @@ def make_config() -> Callable[..., Config]:
     return _make
 
 
+@pytest.fixture(params=[1, 8], ids=lambda n: f"concurrency{n}")
+def worker_concurrency(request: pytest.FixtureRequest) -> int:
+    """Worker tests run twice: one job at a time (RQ's SimpleWorker) and 8 at once (workers/threaded.py)."""
+    return request.param
+
+
+def set_worker_concurrency(text: str, concurrency: int) -> str:
+    """Config TOML text with `[worker] concurrency` set (the section is added when the text has none)."""
+    if "[worker]" not in text:
+        return text + f"\n[worker]\nconcurrency = {concurrency}\n"
+    return text.replace("[worker]", f"[worker]\nconcurrency = {concurrency}", 1)
+
+
 @pytest.fixture
 def config(make_config: Callable[..., Config]) -> Config:
     return make_config()

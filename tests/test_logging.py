@@ -19,7 +19,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
-from conftest import BASE_CONFIG, TEST_ENV, RedisServer, free_port, parse_log_lines
+from conftest import BASE_CONFIG, TEST_ENV, RedisServer, free_port, parse_log_lines, set_worker_concurrency
 from http_sink import HttpSink
 from rq.logutils import setup_loghandlers
 
@@ -229,9 +229,9 @@ def test_lines_written_from_many_threads_to_a_pipe_never_interleave() -> None:
 
 def test_one_delivery_carries_its_ids_from_ingest_to_every_worker_line(
     real_redis: redis.Redis, redis_server: RedisServer, make_config: Callable[..., Config],
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], worker_concurrency: int,
 ) -> None:
-    config = make_config(BASE_CONFIG, redis_url=redis_server.url)
+    config = make_config(set_worker_concurrency(BASE_CONFIG, worker_concurrency), redis_url=redis_server.url)
     body = json.dumps(NOW_BODY).encode()
     resp = create_app(config, real_redis).test_client().post(
         "/webhooks/vr", data=body, headers=signed(body, delivery_id="dlv_corr_1"))
@@ -268,9 +268,9 @@ def test_one_delivery_carries_its_ids_from_ingest_to_every_worker_line(
 
 def test_context_of_one_job_does_not_leak_into_the_next(
     real_redis: redis.Redis, redis_server: RedisServer, make_config: Callable[..., Config],
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], worker_concurrency: int,
 ) -> None:
-    config = make_config(BASE_CONFIG, redis_url=redis_server.url)
+    config = make_config(set_worker_concurrency(BASE_CONFIG, worker_concurrency), redis_url=redis_server.url)
     client = create_app(config, real_redis).test_client()
     ids = []
     for n in (1, 2):

@@ -11,6 +11,7 @@ from urllib.parse import unquote
 
 import pytest
 import redis
+from conftest import set_worker_concurrency
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
@@ -62,8 +63,8 @@ handlers = ["first", "second"]
 
 
 @pytest.fixture
-def cfg(make_config: Callable[..., Config], real_redis: redis.Redis, redis_server) -> Config:
-    return make_config(CONFIG, redis_url=redis_server.url)
+def cfg(make_config: Callable[..., Config], real_redis: redis.Redis, redis_server, worker_concurrency) -> Config:
+    return make_config(set_worker_concurrency(CONFIG, worker_concurrency), redis_url=redis_server.url)
 
 
 @pytest.fixture(autouse=True)
@@ -214,8 +215,9 @@ def test_a_body_that_is_not_json_is_dead_lettered_at_stage_normalize(cfg, real_r
     assert len(entry["attempts"]) == 1, "a permanent normalize failure is not retried"
 
 
-def test_an_event_no_route_matches_is_counted_not_failed(make_config, redis_server, real_redis):
-    cfg = make_config(CONFIG.replace('events = ["call.*"]', 'events = ["campaign.*"]'), redis_url=redis_server.url)
+def test_an_event_no_route_matches_is_counted_not_failed(cfg, make_config, redis_server, real_redis):
+    cfg = make_config(set_worker_concurrency(CONFIG.replace('events = ["call.*"]', 'events = ["campaign.*"]'),
+                                             cfg.worker.concurrency), redis_url=redis_server.url)
     deliver(cfg, real_redis, payload("call_8"))
     drain(cfg, real_redis)
     assert th.CALLS == []

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis
 import requests
-from conftest import RedisServer, free_port, parse_log_lines
+from conftest import RedisServer, free_port, parse_log_lines, set_worker_concurrency
 from http_sink import HttpSink
 
 from hooklane.ingest.app import create_app
@@ -111,8 +111,9 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
-def setup(tmp_path: Path, redis_server, make_config: Callable[..., Config], handler: str) -> tuple[Config, Workers]:
-    text = CONFIG.format(url=redis_server.url, handler=handler)
+def setup(tmp_path: Path, redis_server, make_config: Callable[..., Config], handler: str,
+          concurrency: int = 1) -> tuple[Config, Workers]:
+    text = set_worker_concurrency(CONFIG.format(url=redis_server.url, handler=handler), concurrency)
     path = tmp_path / "hooklane.toml"
     path.write_text(text)
     return make_config(text, redis_url=redis_server.url), Workers(path, redis_server.url)
@@ -136,9 +137,9 @@ def workers_cleanup() -> Iterator[list[Workers]]:
 
 
 def test_a_worker_killed_mid_handler_loses_nothing_and_recovery_is_bounded(
-    tmp_path, redis_server, real_redis, make_config, workers_cleanup
+    tmp_path, redis_server, real_redis, make_config, workers_cleanup, worker_concurrency
 ):
-    cfg, workers = setup(tmp_path, redis_server, make_config, "hang_once")
+    cfg, workers = setup(tmp_path, redis_server, make_config, "hang_once", worker_concurrency)
     workers_cleanup.append(workers)
     deliver(cfg, real_redis, "call_kill")
     victim = workers.start()
@@ -160,8 +161,8 @@ def test_a_worker_killed_mid_handler_loses_nothing_and_recovery_is_bounded(
 
 
 def test_sigterm_lets_the_current_job_finish_then_exits(tmp_path, redis_server, real_redis, make_config,
-                                                        workers_cleanup):
-    cfg, workers = setup(tmp_path, redis_server, make_config, "slow")
+                                                        workers_cleanup, worker_concurrency):
+    cfg, workers = setup(tmp_path, redis_server, make_config, "slow", worker_concurrency)
     workers_cleanup.append(workers)
     deliver(cfg, real_redis, "call_term")
     proc = workers.start()
@@ -187,6 +188,7 @@ backoff_multiplier = 1
 backoff_cap_seconds = {backoff}
 backoff_jitter = 0
 worker_class = "{worker_class}"
+concurrency = {concurrency}
 {extra_worker}
 
 [[sources]]
@@ -208,19 +210,24 @@ handlers = ["crm"]
 
 def http_setup(tmp_path: Path, server: RedisServer, make_config: Callable[..., Config], sink: HttpSink,
                *, job_timeout: int = 20, backoff: float = 1, worker_class: str = "simple",
-               retry_interval: float = 30, extra_worker: str = "") -> tuple[Config, Workers]:
+               retry_interval: float = 30, concurrency: int = 1, extra_worker: str = "") -> tuple[Config, Workers]:
     text = HTTP_CONFIG.format(url=server.url, sink=sink.url, job_timeout=job_timeout, backoff=backoff,
-                              worker_class=worker_class, retry_interval=retry_interval, extra_worker=extra_worker)
+                              worker_class=worker_class, retry_interval=retry_interval, concurrency=concurrency,
+                              extra_worker=extra_worker)
     path = tmp_path / "hooklane.toml"
     path.write_text(text)
     return make_config(text, redis_url=server.url), Workers(path, server.url)
 
 
 @pytest.fixture
-def http_workers(tmp_path, disposable_redis, make_config, http_sink, workers_cleanup) -> Callable[..., tuple]:
-    """`http_workers(**http_setup options)` -> (config, Workers, client) on this test's own Redis and sink."""
+def http_workers(tmp_path, disposable_redis, make_config, http_sink, workers_cleanup,
+                 worker_concurrency) -> Callable[..., tuple]:
+    """`http_workers(**http_setup options)` -> (config, Workers, client) on this test's own Redis and sink;
+    at each `worker_concurrency` unless the test names its worker class (the fork worker runs one job)."""
 
     def make(**options: Any) -> tuple[Config, Workers, redis.Redis]:
+        if "worker_class" not in options:
+            options["concurrency"] = worker_concurrency
         cfg, workers = http_setup(tmp_path, disposable_redis, make_config, http_sink, **options)
         workers_cleanup.append(workers)
         return cfg, workers, disposable_redis.client()
@@ -266,11 +273,11 @@ def assert_rode_out_one_outage(workers: Workers, proc: subprocess.Popen[bytes]) 
     return lines
 
 
-@pytest.mark.parametrize("worker_class", ["simple", "fork"])
+@pytest.mark.parametrize(("worker_class", "concurrency"), [("simple", 1), ("simple", 8), ("fork", 1)])
 def test_a_redis_outage_longer_than_the_handler_leaves_the_worker_up_and_delivers_once(
-    http_workers, disposable_redis, http_sink, worker_class
+    http_workers, disposable_redis, http_sink, worker_class, concurrency
 ):
-    cfg, workers, r = http_workers(worker_class=worker_class)
+    cfg, workers, r = http_workers(worker_class=worker_class, concurrency=concurrency)
     http_sink.script((200, {}, 3.0))  # the handler is in flight for 3 s
     proc = workers.start()
     deliver(cfg, r, "call_blip")

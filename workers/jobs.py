@@ -40,7 +40,8 @@ from hooklane.shared.providers.base import Provider
 from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
 from hooklane.workers import job_metrics as metrics
 from hooklane.workers import runtime
-from hooklane.workers.errors import NormalizeFailed, PermanentError, is_permanent
+from hooklane.workers.dedupe import RUNNING
+from hooklane.workers.errors import NormalizeFailed, PermanentError, TransientError, is_permanent
 
 log = hl_logging.get_logger("hooklane.worker")
 
@@ -176,7 +177,10 @@ def process_delivery(envelope: dict[str, Any]) -> None:
     hl_logging.bind(event_id=event.id, event_type=event.type)
     prefix = rt.config.redis.prefix
 
-    claim = rt.deduper.claim(event.id, delivery.id)
+    claim = rt.deduper.claim(event.id, delivery.id, runtime.current_execution.get())
+    if claim.state == RUNNING:
+        # Retried once the other run's execution can no longer be alive: by then it settled (DUPLICATE) or died.
+        raise TransientError("this delivery is running in another job", retry_after=max(claim.running_for, 1))
     if claim.duplicate:
         log.info("event.duplicate")
         pipe = rt.redis.pipeline(transaction=False)

@@ -37,12 +37,14 @@ from rq.exceptions import AbandonedJobError, StopRequested
 from rq.job_lifecycle import call_exception_handlers
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
+from rq.worker import BaseWorker
 
 from hooklane.shared import logs as hl_logging
 from hooklane.shared.config import Config
 from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, SERIALIZER, HooklaneJob, rq_queue
 from hooklane.shared.redisconn import connect
 from hooklane.workers import jobs, resilience, runtime
+from hooklane.workers.threaded import ThreadedWorker
 
 log = hl_logging.get_logger("hooklane.worker")
 
@@ -138,6 +140,13 @@ class _HooklaneWorker:
             return
         super().handle_exception(job, *exc_info)  # type: ignore[misc]
 
+    def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
+        token = runtime.current_execution.set(execution.composite_key)
+        try:
+            return super().perform_job(job, queue, execution)  # type: ignore[misc]
+        finally:
+            runtime.current_execution.reset(token)
+
     def execute_job(self, job: Any, queue: Any) -> Any:
         # A job binds its ids; cleared on the way in and out, so no line outside a job (RQ's "dequeued",
         # an abandoned job's on_failure run by maintenance, the shutdown lines) carries a previous job's ids.
@@ -227,14 +236,41 @@ class HooklaneForkWorker(_HooklaneWorker, Worker):
 hl_logging.raise_through_handlers(StopRequested)
 
 
-def build_worker(config: Config, *, redis: Any = None, name: str | None = None) -> Worker | SimpleWorker:
+class HooklaneThreadedWorker(_HooklaneWorker, ThreadedWorker):
+    """`[worker] concurrency` > 1: that many jobs at once in threads of this process (workers/threaded.py)."""
+
+    def teardown(self) -> None:
+        # The jobs in flight finish first, riding out Redis outages like any job; only the worker's own
+        # bookkeeping after them gets _HooklaneWorker.teardown's single try.
+        try:
+            self.drain()
+        finally:
+            super().teardown()
+
+
+# Redis connections a threaded worker uses besides its jobs': the dequeue, the heartbeat thread, RQ's pubsub
+# thread, and one spare.
+OWN_CONNECTIONS = 4
+
+
+def worker_class(config: Config) -> type[BaseWorker]:
+    if config.worker.worker_class == "fork":
+        return HooklaneForkWorker  # config refuses concurrency > 1 with it
+    return HooklaneThreadedWorker if config.worker.concurrency > 1 else HooklaneSimpleWorker
+
+
+def build_worker(config: Config, *, redis: Any = None, name: str | None = None) -> BaseWorker:
+    cls = worker_class(config)
+    threaded = issubclass(cls, ThreadedWorker)
     # Our own connection waits out Redis outages (workers/resilience.py); one passed in is left as it is.
-    conn = redis if redis is not None else resilience.install(connect(config.redis.url, socket_timeout=None))
+    conn = redis if redis is not None else resilience.install(connect(
+        config.redis.url, socket_timeout=None,
+        max_connections=config.worker.concurrency + OWN_CONNECTIONS if threaded else None))
     rt = runtime.Runtime.build(config, conn)
     runtime.install(rt)
     # RQ logs a failing job's traceback itself: mask the configured secrets there too, whatever a handler raised.
     hl_logging.add_secret_values(rt.redact.values)
-    cls = HooklaneSimpleWorker if config.worker.worker_class == "simple" else HooklaneForkWorker
+    extra = {"concurrency": config.worker.concurrency} if threaded else {}
     worker = cls(
         [rq_queue(conn, config)],
         connection=conn,
@@ -247,12 +283,13 @@ def build_worker(config: Config, *, redis: Any = None, name: str | None = None) 
         # dequeues; RQ's default (420 s) would let an abandoned job wait ~7 min for recovery.
         worker_ttl=config.worker.maintenance_interval_seconds + 15,
         job_monitoring_interval=min(30, config.worker.job_timeout_seconds),
+        **extra,
     )
     worker.abandoned_grace = config.worker.abandoned_grace_seconds
     return worker
 
 
-def start_metrics_server(config: Config, worker: Worker | SimpleWorker, port: int, *, redis: Any = None,
+def start_metrics_server(config: Config, worker: BaseWorker, port: int, *, redis: Any = None,
                          addr: str = "0.0.0.0") -> ThreadingWSGIServer:
     """Serve /metrics (this process's counters + the queue gauges) and /healthz on `port`, from a daemon thread."""
     from hooklane.shared.queue_metrics import build_registry
@@ -273,7 +310,7 @@ def start_metrics_server(config: Config, worker: Worker | SimpleWorker, port: in
 
 def run(config: Config, *, burst: bool = False, with_scheduler: bool = True, name: str | None = None,
         metrics_port: int | None = None) -> bool:
-    """Work until SIGTERM (finish the current job, then exit) or, with `burst`, until the queue is empty.
+    """Work until SIGTERM (finish the jobs in flight, then exit) or, with `burst`, until the queue is empty.
 
     `metrics_port` (else `[worker] metrics_port`) serves /metrics and /healthz for this process; give each
     worker process on a host its own port.
@@ -281,11 +318,11 @@ def run(config: Config, *, burst: bool = False, with_scheduler: bool = True, nam
     hl_logging.configure()
     worker = build_worker(config, name=name)
     log.info("worker.starting", worker=worker.name, queue=rq_queue(worker.connection, config).name,
-             worker_class=config.worker.worker_class, burst=burst)
+             worker_class=config.worker.worker_class, concurrency=config.worker.concurrency, burst=burst)
     port = metrics_port if metrics_port is not None else config.worker.metrics_port
     if port:
         start_metrics_server(config, worker, port)
-    # RQ installs its own SIGTERM handler: a warm shutdown, the current job finishes first.
+    # RQ installs its own SIGTERM handler: a warm shutdown, the jobs in flight finish first.
     worked = worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=os.environ.get(
         "HOOKLANE_LOG_LEVEL", "INFO").upper())
     log.info("worker.stopped", worker=worker.name)

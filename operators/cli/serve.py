@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from hooklane.operators.cli.common import load_config
-from hooklane.shared.config import Config
+from hooklane.shared.config import Config, ConfigError, check_concurrency
 
 GUNICORN_CONF = Path(__file__).resolve().parents[2] / "ingest" / "gunicorn.conf.py"
 
@@ -27,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--burst", action="store_true", help="exit once the queue is empty (tests, batch jobs)")
     w.add_argument("--no-scheduler", action="store_true", help="do not run RQ's scheduler in this process")
     w.add_argument("--name", help="worker name (default: hooklane-<host>-<pid>-<random>)")
+    w.add_argument("--concurrency", type=int, metavar="N",
+                   help="jobs this process runs at once, in threads (default: [worker] concurrency)")
     w.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve /metrics and /healthz of this worker on PORT (default: [worker] metrics_port, off)")
     w.set_defaults(func=worker)
@@ -69,10 +72,24 @@ def admin(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def with_concurrency(config: Config, concurrency: int) -> Config:
+    """The config with `--concurrency` in place of `[worker] concurrency`, checked the same way."""
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency: must be an integer >= 1, got {concurrency}")
+    check_concurrency(concurrency, config.worker.worker_class, "--concurrency")
+    return dataclasses.replace(config, worker=dataclasses.replace(config.worker, concurrency=concurrency))
+
+
 def worker(args: argparse.Namespace) -> int:
     from hooklane.workers.main import run
 
     config = load_config(args)
+    if args.concurrency is not None:
+        try:
+            config = with_concurrency(config, args.concurrency)
+        except ConfigError as exc:
+            print(f"hooklane: config error: {exc}", file=sys.stderr)
+            return 2
     ok = run(config, burst=args.burst, with_scheduler=not args.no_scheduler, name=args.name,
              metrics_port=args.metrics_port)
     return 0 if ok or args.burst else 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -49,13 +50,18 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(os.environ["HOOKLANE_TEST_REDIS_URL"])
 
 
-def hang_once(event: dict[str, Any]) -> None:
-    """First call anywhere announces itself and hangs (to be SIGKILLed); later calls record."""
+def _hang_first_call(key: str, event: dict[str, Any]) -> None:
+    """The first call that sets `key` announces itself and hangs (to be killed); later calls record."""
     r = _redis()
-    if r.set("test:hang-once", "1", nx=True):
+    if r.set(key, "1", nx=True):
         r.rpush("test:started", event["id"])
         time.sleep(120)
     r.rpush("test:calls", json.dumps(event))
+
+
+def hang_once(event: dict[str, Any]) -> None:
+    """First call anywhere hangs; later calls record."""
+    _hang_first_call("test:hang-once", event)
 
 
 def slow(event: dict[str, Any]) -> None:
@@ -64,3 +70,38 @@ def slow(event: dict[str, Any]) -> None:
     r.rpush("test:started", event["id"])
     time.sleep(2)
     r.rpush("test:calls", json.dumps(event))
+
+
+def record_first(event: dict[str, Any]) -> None:
+    """Records each call in Redis (subprocess workers): lets a test see which handlers settled before a kill."""
+    _redis().rpush("test:first", event["id"])
+
+
+def hang_once_each(event: dict[str, Any]) -> None:
+    """The first call for each event hangs; later calls record."""
+    _hang_first_call(f"test:hang:{event['id']}", event)
+
+
+def hold(event: dict[str, Any]) -> None:
+    """Announces itself, then waits (in short sleeps, so a job timeout can stop it) until `test:release`."""
+    r = _redis()
+    r.rpush("test:started", event["id"])
+    deadline = time.monotonic() + 60
+    while not r.exists("test:release") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r.rpush("test:calls", json.dumps(event))
+
+
+OVERLAP = {"now": 0, "max": 0}
+_overlap_lock = threading.Lock()
+
+
+def overlapping(event: dict[str, Any]) -> None:
+    """Counts how many calls run at the same moment (OVERLAP["max"]): the test of `concurrency_safe`."""
+    with _overlap_lock:
+        OVERLAP["now"] += 1
+        OVERLAP["max"] = max(OVERLAP["max"], OVERLAP["now"])
+    time.sleep(0.1)
+    with _overlap_lock:
+        OVERLAP["now"] -= 1
+    CALLS.append(("overlapping", event))

@@ -24,7 +24,7 @@ Handler = Callable[[dict[str, Any]], None]
 
 def build(cfg: HandlerConfig, config: Config, redis: Redis) -> Handler:
     if cfg.type == "http":
-        return HttpHandler(cfg)
+        return HttpHandler(cfg, pool_size=config.worker.concurrency)
     if cfg.type == "suppression":
         return SuppressionHandler(cfg, redis, prefix=config.redis.prefix)
     if cfg.type == "python":

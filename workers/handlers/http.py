@@ -13,7 +13,8 @@
   id, and that is what is signed: receivers check the header's value as it came.
   The secret is base64, with or without the ``whsec_`` prefix, as that spec says
   (checked at config load).
-- One pooled `requests.Session` per handler per process; (connect, read) timeouts.
+- One pooled `requests.Session` per handler per process, its pool sized for the worker's
+  concurrency (a job in flight never waits for, or throws away, a connection); (connect, read) timeouts.
 - 2xx: done. Timeouts, connection errors, 408, 425, 429 and 5xx: transient
   (``Retry-After`` honoured). Any other status: permanent.
 """
@@ -77,14 +78,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 class HttpHandler:
-    def __init__(self, cfg: HandlerConfig, session: requests.Session | None = None) -> None:
+    def __init__(self, cfg: HandlerConfig, session: requests.Session | None = None, *, pool_size: int = 16) -> None:
         assert cfg.url, "validated by shared.config"
         self.cfg = cfg
         self.url = cfg.url
         self.where = safe_url(cfg.url)
         self.timeout = (cfg.connect_timeout_seconds, cfg.timeout_seconds)
         self.session = session or requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 16), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
