@@ -5,21 +5,10 @@ sorted set ``<prefix>:dlq`` (score = died_at, unix seconds). With
 ``[dead_letters] retention_days > 0`` each document expires after that many days
 (the index forgets expired ids lazily); with 0 entries stay until removed.
 
-An entry (``stage`` tells what to replay):
-
-    id          entry id (the RQ job id that died)
-    stage       "normalize" (the body could not become an event: replay re-normalizes,
-                so a code fix applies), "delivery" (the delivery job itself kept failing,
-                e.g. Redis errors: replay re-runs it whole), or "handler" (one handler
-                kept failing for one event: replay re-runs only that handler)
-    died_at     ISO 8601 UTC
-    source, provider, event_id, event_type, handler   (null where not known)
-    error       {"class", "message", "status"} of the last attempt
-    attempts    every attempt: {"at", "error_class", "message", "status", "duration_ms"}
-    traceback   the final traceback (secrets redacted)
-    event       the canonical event (handler stage), else null
-    delivery    the delivery envelope (shared.envelope), body included
-    replays     earlier replays of this pair: {"at", "job_id", "entry_id"}
+An entry is a `shared.records.DeadLetter` (each field documented there; ``stage`` tells
+what to replay), stored as its ``to_dict()``. Listing and showing read that stored dict
+as it is, so even an entry no version wrote can be seen and purged; replay reads it
+back as a record and refuses a malformed one with the reason.
 
 Replay is safe to run twice at once: the entry is taken with WATCH/MULTI in the
 same transaction that enqueues its job, so exactly one operator's replay wins
@@ -48,9 +37,9 @@ from typing import Any
 from redis import Redis, WatchError
 
 from hooklane.shared.config import Config
-from hooklane.shared.envelope import parse_utc, utc_now_iso
-
-STAGES = ("normalize", "delivery", "handler")
+from hooklane.shared.envelope import parse_utc
+from hooklane.shared.records import STAGES as STAGES  # re-exported: the operators' filters offer them
+from hooklane.shared.records import DeadLetter, HandlerTask, RecordError, Replay
 
 
 def index_key(prefix: str) -> str:
@@ -61,15 +50,15 @@ def entry_key(prefix: str, entry_id: str) -> str:
     return f"{prefix}:dlq:{entry_id}"
 
 
-def add(redis: Redis, config: Config, entry: dict[str, Any], *, pipeline: Any = None) -> None:
+def add(redis: Redis, config: Config, entry: DeadLetter, *, pipeline: Any = None) -> None:
     prefix = config.redis.prefix
-    died = parse_utc(entry["died_at"])
+    died = parse_utc(entry.died_at)
     if died is None:  # written by utc_now_iso: unreadable is a bug, not an entry to index at time 0
-        raise ValueError(f"dead letter {entry['id']} has no readable died_at: {entry['died_at']!r}")
+        raise ValueError(f"dead letter {entry.id} has no readable died_at: {entry.died_at!r}")
     ttl = config.dead_letters.retention_days * 86400 or None
     pipe = pipeline if pipeline is not None else redis.pipeline(transaction=True)
-    pipe.set(entry_key(prefix, entry["id"]), json.dumps(entry, separators=(",", ":")), ex=ttl)
-    pipe.zadd(index_key(prefix), {entry["id"]: died.timestamp()})
+    pipe.set(entry_key(prefix, entry.id), json.dumps(entry.to_dict(), separators=(",", ":")), ex=ttl)
+    pipe.zadd(index_key(prefix), {entry.id: died.timestamp()})
     if pipeline is None:
         pipe.execute()
 
@@ -223,40 +212,51 @@ def replay(redis: Redis, config: Config, entry_id: str, *, dry_run: bool = False
             raw = pipe.get(key)
             if raw is None:
                 raise ReplayConflict(f"dead letter {entry_id} not found (already replayed or purged)")
-            entry = json.loads(raw)
-            if entry["stage"] == "handler" and entry.get("handler") not in config.handlers:
-                raise ReplayConflict(f"handler {entry.get('handler')!r} is no longer configured")
+            entry = _replayable(json.loads(raw))
+            if entry.stage == "handler" and entry.handler not in config.handlers:
+                raise ReplayConflict(f"handler {entry.handler!r} is no longer configured")
             failed = None if dry_run else _failed_rq_job(redis, config, entry_id)
             job_id = uuid.uuid4().hex
-            plan = {"entry_id": entry_id, "job_id": job_id, "stage": entry["stage"], "handler": entry.get("handler"),
-                    "event_id": entry.get("event_id")}
+            plan = {"entry_id": entry_id, "job_id": job_id, "stage": entry.stage, "handler": entry.handler,
+                    "event_id": entry.event_id}
             if dry_run:
                 pipe.unwatch()
                 return plan
-            history = list(entry.get("replays") or []) + [
-                {"at": utc_now_iso(), "job_id": job_id, "entry_id": entry_id}
-            ]
+            history = [*entry.replays, Replay.now(job_id, entry_id)]
             pipe.multi()
-            if entry["stage"] == "handler":
-                handler = config.handlers[entry["handler"]]
+            if entry.stage == "handler":
+                handler = config.handlers[entry.handler]
                 jobs.enqueue_handler_job(
                     redis, pipe, config,
-                    task={"event": entry["event"], "handler": entry["handler"], "delivery": entry["delivery"]},
-                    prior_attempts=entry.get("attempts") or [],
+                    task=HandlerTask(event=entry.event, handler=entry.handler, delivery=entry.delivery),
+                    prior_attempts=list(entry.attempts),
                     retries=handler.max_attempts - 1,
                     delay=None,
                     job_id=job_id,
                     replays=history,
                 )
             else:
-                jobs.enqueue_delivery_replay(redis, pipe, config, entry["delivery"], job_id=job_id,
-                                             prior_attempts=entry.get("attempts") or [], replays=history)
+                jobs.enqueue_delivery_replay(redis, pipe, config, entry.delivery, job_id=job_id,
+                                             prior_attempts=list(entry.attempts), replays=history)
             _drop(pipe, prefix, entry_id, failed)
             pipe.execute()
         except WatchError:
             raise ReplayConflict(f"dead letter {entry_id} changed while replaying (replayed by someone else?)") \
                 from None
     return plan
+
+
+def _replayable(stored: Any) -> DeadLetter:
+    """The stored entry as a record; a malformed one is refused with the reason, never half-replayed."""
+    try:
+        entry = DeadLetter.from_dict(stored)
+    except RecordError as exc:
+        raise ReplayConflict(f"cannot replay a malformed entry: {exc}") from None
+    if entry.stage == "handler" and (entry.event is None or not isinstance(entry.delivery, (dict, type(None)))):
+        raise ReplayConflict(f"cannot replay dead letter {entry.id}: a handler entry needs its event")
+    if entry.stage != "handler" and not isinstance(entry.delivery, dict):
+        raise ReplayConflict(f"cannot replay dead letter {entry.id}: it holds no delivery envelope to re-run")
+    return entry
 
 
 def now_epoch() -> float:

@@ -24,6 +24,7 @@ from rq.serializers import JSONSerializer
 
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import Delivery
+from hooklane.shared.records import Attempt, HandlerTask, Replay
 
 SERIALIZER = JSONSerializer
 # Seconds a finished job's hash is kept. Not 0: with 0, RQ 3.0 deletes the job on success and
@@ -217,7 +218,7 @@ def _failure_ttl(config: Config) -> int:
 
 
 def _create_job(redis: Redis, config: Config, func: str, arg: dict, *, job_id: str | None, description: str,
-                prior_attempts: list[dict], replays: list[dict] | None, retry: Any):
+                prior_attempts: list[Attempt], replays: list[Replay] | None, retry: Any):
     return HooklaneJob.create(
         func,
         args=[arg],
@@ -229,7 +230,7 @@ def _create_job(redis: Redis, config: Config, func: str, arg: dict, *, job_id: s
         failure_ttl=_failure_ttl(config),
         description=description,
         # The attempt history travels in the job, so the dead letter it may become keeps all of it.
-        meta={"attempts": list(prior_attempts), "replays": list(replays or [])},
+        meta={"attempts": [a.to_dict() for a in prior_attempts], "replays": [r.to_dict() for r in replays or []]},
         retry=retry,
         origin=queue_name(config),
     )
@@ -240,18 +241,15 @@ def enqueue_handler_job(
     pipeline: Any,
     config: Config,
     *,
-    task: dict,
-    prior_attempts: list[dict],
+    task: HandlerTask,
+    prior_attempts: list[Attempt],
     retries: int,
     delay: float | None,
     job_id: str | None = None,
-    replays: list[dict] | None = None,
+    replays: list[Replay] | None = None,
     intervals: list[float] | None = None,
 ):
-    """A `run_handler(task)` job with `retries` RQ retries left, queued now or after `delay` seconds.
-
-    `task` = {"event": canonical event dict, "handler": name, "delivery": envelope dict}.
-    """
+    """A `run_handler(task.to_dict())` job with `retries` RQ retries left, queued now or after `delay` seconds."""
     from datetime import timedelta
 
     from rq import Retry
@@ -261,8 +259,8 @@ def enqueue_handler_job(
     retry = None
     if retries > 0:
         retry = Retry(max=retries, interval=intervals if intervals is not None else delays(config.worker, retries))
-    job = _create_job(redis, config, RUN_HANDLER, task, job_id=job_id,
-                      description=f"run_handler({task['handler']}, {task['event']['id']})",
+    job = _create_job(redis, config, RUN_HANDLER, task.to_dict(), job_id=job_id,
+                      description=f"run_handler({task.handler}, {task.event['id']})",
                       prior_attempts=prior_attempts, replays=replays, retry=retry)
     queue = rq_queue(redis, config)
     if delay:
@@ -279,8 +277,8 @@ def enqueue_delivery_replay(
     envelope: dict,
     *,
     job_id: str,
-    prior_attempts: list[dict],
-    replays: list[dict],
+    prior_attempts: list[Attempt],
+    replays: list[Replay],
 ):
     """Re-run a dead-lettered delivery (stage normalize/delivery) with a fresh attempt budget."""
     from rq import Retry

@@ -34,6 +34,7 @@ from hooklane.shared import deadletters
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import iso_utc
 from hooklane.shared.providers.base import Request
+from hooklane.shared.records import Attempt, DeadLetter, ErrorSummary
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -279,20 +280,19 @@ def add_dead_letter(r: redis.Redis, config: Config, *, minutes_ago: float, handl
     """Store a dead letter in the format workers/jobs.py writes, dated `minutes_ago`; returns its id."""
     entry_id = uuid.uuid4().hex + (f"-{handler}" if handler else "")
     died = iso_utc(datetime.now(UTC) - timedelta(minutes=minutes_ago))
-    history = [{"at": died, "error_class": error_class, "message": message, "status": status, "duration_ms": 12.5}
-               for _ in range(attempts)]
     event = None if stage != "handler" else {"id": f"{source}:call.completed:{entry_id[:6]}", "type": event_type,
                                              "source": source, "provider": provider}
-    deadletters.add(r, config, {
-        "id": entry_id, "stage": stage, "died_at": died, "source": source, "provider": provider,
-        "event_id": event["id"] if event else None, "event_type": event_type if event else None,
-        "handler": handler if stage == "handler" else None,
-        "error": {"class": error_class, "message": message, "status": status},
-        "attempts": history, "traceback": "Traceback (most recent call last):\n  ...\n", "event": event,
-        "delivery": {"v": 1, "id": uuid.uuid4().hex, "source": source, "provider": provider,
-                     "received_at": died, "body_b64": base64.b64encode(body).decode()},
-        "replays": [],
-    })
+    deadletters.add(r, config, DeadLetter(
+        id=entry_id, stage=stage, died_at=died, source=source, provider=provider,
+        event_id=event["id"] if event else None, event_type=event_type if event else None,
+        handler=handler if stage == "handler" else None,
+        error=ErrorSummary(error_class, message, status),
+        attempts=(Attempt(at=died, error_class=error_class, message=message, status=status, duration_ms=12.5),)
+        * attempts,
+        traceback="Traceback (most recent call last):\n  ...\n", event=event,
+        delivery={"v": 1, "id": uuid.uuid4().hex, "source": source, "provider": provider,
+                  "received_at": died, "body_b64": base64.b64encode(body).decode()},
+    ))
     return entry_id
 
 

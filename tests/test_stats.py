@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import BASE_CONFIG, TEST_ENV
+from conftest import BASE_CONFIG, TEST_ENV, add_dead_letter
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 
@@ -23,7 +23,6 @@ from hooklane.operators.admin import create_admin_app
 from hooklane.operators.cli import main
 from hooklane.shared import counters as stats
 from hooklane.shared.config import Config
-from hooklane.shared.envelope import utc_now_iso
 from hooklane.shared.providers import volumereach
 from hooklane.shared.queueing import SERIALIZER, rq_queue
 from hooklane.workers import runtime
@@ -177,11 +176,8 @@ def test_workers_alive_are_listed_with_their_heartbeat_until_they_leave(cfg: Con
 
 @pytest.mark.redis
 def test_dead_letter_grouping_stops_at_the_scan_limit_and_says_so(cfg: Config, real_redis: redis.Redis) -> None:
-    from hooklane.shared import deadletters
-
-    for i in range(3):
-        deadletters.add(real_redis, cfg, {"id": f"e{i}", "stage": "handler", "handler": "crm",
-                                          "died_at": utc_now_iso(), "error": {"class": "TransientError"}})
+    for _ in range(3):
+        add_dead_letter(real_redis, cfg, minutes_ago=0, handler="crm")
 
     dl = collect_stats(real_redis, cfg, dlq_scan_limit=2)["dead_letters"]
 

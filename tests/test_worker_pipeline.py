@@ -243,6 +243,64 @@ def test_a_replayed_handler_dead_letter_runs_only_that_handler_with_history_kept
     assert len(calls("second")) == 1 and len(calls("first")) == 1
 
 
+def test_a_dead_letter_stored_before_the_typed_records_replays_with_its_history(cfg, real_redis):
+    # Written as a literal: the stored format is the interface, whatever writes it today.
+    attempt = {"at": "2026-11-30T10:00:00.5Z", "error_class": "TransientError", "message": "answered 503",
+               "status": 503, "duration_ms": 12.5}
+    earlier = {"at": "2026-11-30T09:00:00Z", "job_id": "a" * 32, "entry_id": "b" * 32}
+    event = {"id": "vr:call.completed:call_old", "type": "call.completed", "source": "vr",
+             "provider": "volumereach"}
+    stored = {"id": "c" * 32, "stage": "handler", "died_at": "2026-11-30T10:00:01Z", "source": "vr",
+              "provider": "volumereach", "event_id": event["id"], "event_type": "call.completed",
+              "handler": "second", "error": {"class": "TransientError", "message": "answered 503", "status": 503},
+              "attempts": [attempt], "traceback": "Traceback ...", "event": event,
+              "delivery": {"v": 1, "id": "d" * 32, "source": "vr", "provider": "volumereach",
+                           "received_at": "2026-11-30T10:00:00Z", "body_b64": ""},
+              "replays": [earlier]}
+    real_redis.set(deadletters.entry_key("hooklane", stored["id"]), json.dumps(stored))
+    real_redis.zadd(deadletters.index_key("hooklane"), {stored["id"]: 1796032801})
+    assert deadletters.get(real_redis, cfg, stored["id"]) == stored
+
+    plan = deadletters.replay(real_redis, cfg, stored["id"])
+    job = Job.fetch(plan["job_id"], connection=real_redis, serializer=SERIALIZER)
+    assert job.args == [{"event": event, "handler": "second", "delivery": stored["delivery"]}]
+    assert job.meta["attempts"] == [attempt]
+    assert job.meta["replays"][0] == earlier and job.meta["replays"][1]["entry_id"] == stored["id"]
+    drain(cfg, real_redis)
+
+    assert calls("second") == [event] and calls("first") == []
+    assert deadletters.count(real_redis, cfg) == 0
+
+
+def test_a_malformed_dead_letter_is_refused_by_replay_with_the_reason_and_kept(cfg, real_redis):
+    entry = dead_letter_of_second(cfg, real_redis, "call_12")
+    broken = {k: v for k, v in entry.items() if k != "attempts"}
+    real_redis.set(deadletters.entry_key("hooklane", entry["id"]), json.dumps(broken))
+
+    result = actions.replay_one(real_redis, cfg, entry["id"])
+
+    assert result["status"] == actions.CONFLICT
+    assert result["reason"] == f"cannot replay a malformed entry: dead letter {entry['id']}: missing attempts"
+    assert deadletters.get(real_redis, cfg, entry["id"]) == broken
+
+
+def test_a_handler_job_whose_task_is_malformed_is_dead_lettered_at_once_with_its_argument(cfg, real_redis):
+    from rq import Retry
+
+    from hooklane.shared.queueing import RUN_HANDLER, rq_queue
+
+    task = {"handler": "second", "delivery": None}  # no event
+    job = rq_queue(real_redis, cfg).enqueue(RUN_HANDLER, task, retry=Retry(max=2, interval=0))
+    drain(cfg, real_redis)
+
+    [entry] = deadletters.list_entries(real_redis, cfg)
+    assert entry["id"] == job.id and entry["stage"] == "handler"
+    assert [a["error_class"] for a in entry["attempts"]] == ["PermanentError"], "not retried: it cannot succeed"
+    assert "handler task: missing event" in entry["error"]["message"]
+    assert entry["delivery"] == task, "the argument is kept whole"
+    assert calls("second") == []
+
+
 # --------------------------------------------------------------------------- hostile but accepted payloads
 
 HTTP_CONFIG = FAST_RETRIES + """

@@ -22,8 +22,6 @@ import base64
 import json
 import math
 import time
-import traceback
-from datetime import UTC, datetime
 from typing import Any
 
 from rq import get_current_job
@@ -33,11 +31,12 @@ from hooklane.shared import counters, deadletters
 from hooklane.shared import logs as hl_logging
 from hooklane.shared.backoff import delays
 from hooklane.shared.config import HandlerConfig
-from hooklane.shared.envelope import Delivery, EnvelopeError, log_delivery_id, utc_now_iso
+from hooklane.shared.envelope import Delivery, EnvelopeError, log_delivery_id
 from hooklane.shared.events import Event
 from hooklane.shared.providers import PROVIDERS
 from hooklane.shared.providers.base import Provider
 from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
+from hooklane.shared.records import Attempt, DeadLetter, HandlerTask, RecordError, Replay
 from hooklane.workers import job_metrics as metrics
 from hooklane.workers import runtime
 from hooklane.workers.dedupe import RUNNING
@@ -225,7 +224,7 @@ def _should_run(rt: runtime.Runtime, job: Job | None) -> bool:
         log.info("job.requeued_from_failed", entry_id=entry_id)
     meta = job.meta
     del meta["dead_letter"]
-    meta["replays"] = [*(meta.get("replays") or []), {"at": utc_now_iso(), "job_id": job.id, "entry_id": entry_id}]
+    meta["replays"] = [*(meta.get("replays") or []), Replay.now(job.id, entry_id).to_dict()]
     job.save_meta()
     return True
 
@@ -238,7 +237,7 @@ def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, An
         try:
             rt.handlers[handler.name](event)
         except Exception as exc:  # noqa: BLE001 - any handler failure becomes a retry job or a dead letter below
-            attempt = attempt_record(exc, started, rt)
+            attempt = Attempt.of_failure(exc, started, rt.redact)
             # One transaction: the hand-off and the "settled" mark land together or not at all.
             pipe = rt.redis.pipeline(transaction=True)
             if is_permanent(exc) or handler.max_attempts <= 1:
@@ -259,51 +258,54 @@ def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, An
 
 
 def _dead_letter_inline(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, event: dict[str, Any],
-                        envelope: dict[str, Any], job: Job | None, exc: Exception, attempt: dict[str, Any],
+                        envelope: dict[str, Any], job: Job | None, exc: Exception, attempt: Attempt,
                         *, final: bool) -> None:
-    entry = dead_letter_entry(
-        rt, entry_id=f"{job.id if job else 'inline'}-{handler.name}", stage="handler", exc=exc,
+    entry = DeadLetter.of_failure(
+        entry_id=f"{job.id if job else 'inline'}-{handler.name}", stage="handler", exc=exc,
         tb=exc.__traceback__, attempts=[attempt], event=event, delivery=envelope, handler=handler.name, replays=[],
+        redact=rt.redact,
     )
     deadletters.add(rt.redis, rt.config, entry, pipeline=pipe)
     rt.deduper.settle(event["id"], handler.name, "dead", pipeline=pipe, final=final)
     counters.bump(pipe, rt.config.redis.prefix, "dead_lettered")
-    log.error("handler.dead_lettered", error=attempt["error_class"], message=attempt["message"],
-              status=attempt["status"])
-    metrics.handler_attempt(handler.name, metrics.DEAD_LETTER, attempt["duration_ms"] / 1000)
+    log.error("handler.dead_lettered", error=attempt.error_class, message=attempt.message, status=attempt.status)
+    metrics.handler_attempt(handler.name, metrics.DEAD_LETTER, attempt.seconds)
     metrics.dead_lettered("handler", handler.name)
 
 
 def _schedule_retry(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, event: dict[str, Any],
-                    envelope: dict[str, Any], exc: Exception, attempt: dict[str, Any], *, final: bool) -> None:
+                    envelope: dict[str, Any], exc: Exception, attempt: Attempt, *, final: bool) -> None:
     waits = delays(rt.config.worker, handler.max_attempts - 1)
     first_wait = max(waits[0], getattr(exc, "retry_after", None) or 0.0)
     retry_job = enqueue_handler_job(
         rt.redis, pipe, rt.config,
-        task={"event": event, "handler": handler.name, "delivery": envelope},
+        task=HandlerTask(event=event, handler=handler.name, delivery=envelope),
         prior_attempts=[attempt], retries=handler.max_attempts - 2, delay=first_wait, intervals=waits[1:],
     )
     rt.deduper.settle(event["id"], handler.name, "retrying", pipeline=pipe, final=final)
     counters.bump(pipe, rt.config.redis.prefix, "retries")
     counters.bump(pipe, rt.config.redis.prefix, "retry_attempts")
-    log.warning("handler.retry_scheduled", error=attempt["error_class"], message=attempt["message"],
-                status=attempt["status"], retry_in_s=first_wait, retry_job_id=retry_job.id)
-    metrics.handler_attempt(handler.name, metrics.RETRY, attempt["duration_ms"] / 1000)
+    log.warning("handler.retry_scheduled", error=attempt.error_class, message=attempt.message,
+                status=attempt.status, retry_in_s=first_wait, retry_job_id=retry_job.id)
+    metrics.handler_attempt(handler.name, metrics.RETRY, attempt.seconds)
 
 
-def run_handler(task: dict[str, Any]) -> None:
+def run_handler(arg: dict[str, Any]) -> None:
     rt = runtime.get()
     job = get_current_job()
     if not _should_run(rt, job):
         return
     metrics.replay_started(job, "handler")
-    event, name = task["event"], task["handler"]
+    try:
+        task = HandlerTask.from_dict(arg)
+    except RecordError as exc:
+        raise PermanentError(f"run_handler job {job.id if job else '?'}: {exc}") from exc
+    event, name, delivery = task.event, task.handler, task.delivery or {}
     attempt_no = len((job.meta or {}).get("attempts", [])) + 1 if job else 1
     hl_logging.clear()
     hl_logging.bind(
-        request_id=(task.get("delivery") or {}).get("id"),
-        delivery_id=log_delivery_id(event.get("delivery_id"),
-                                    base64.b64decode((task.get("delivery") or {}).get("body_b64", ""))),
+        request_id=delivery.get("id"),
+        delivery_id=log_delivery_id(event.get("delivery_id"), base64.b64decode(delivery.get("body_b64", ""))),
         source=event.get("source"),
         provider=event.get("provider"),
         event_id=event["id"],
@@ -324,45 +326,6 @@ def run_handler(task: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- failures
 
 
-def attempt_record(exc: BaseException, started: float | datetime | None, rt: runtime.Runtime) -> dict[str, Any]:
-    if isinstance(started, datetime):
-        ref = started if started.tzinfo else started.replace(tzinfo=UTC)
-        duration = (datetime.now(UTC) - ref).total_seconds() * 1000
-    elif isinstance(started, float):
-        duration = (time.monotonic() - started) * 1000
-    else:
-        duration = None
-    return {
-        "at": utc_now_iso(),
-        "error_class": type(exc).__name__,
-        "message": rt.redact(str(exc))[:2000],
-        "status": getattr(exc, "status", None),
-        "duration_ms": round(duration, 3) if duration is not None else None,
-    }
-
-
-def dead_letter_entry(rt: runtime.Runtime, *, entry_id: str, stage: str, exc: BaseException, tb: Any,
-                      attempts: list[dict], event: dict | None, delivery: dict | None, handler: str | None,
-                      replays: list[dict]) -> dict[str, Any]:
-    last = attempts[-1] if attempts else attempt_record(exc, None, rt)
-    return {
-        "id": entry_id,
-        "stage": stage,
-        "died_at": utc_now_iso(),
-        "source": (event or {}).get("source") or (delivery or {}).get("source"),
-        "provider": (event or {}).get("provider") or (delivery or {}).get("provider"),
-        "event_id": (event or {}).get("id"),
-        "event_type": (event or {}).get("type"),
-        "handler": handler,
-        "error": {"class": last["error_class"], "message": last["message"], "status": last["status"]},
-        "attempts": attempts,
-        "traceback": rt.redact("".join(traceback.format_exception(type(exc), exc, tb)))[-20000:],
-        "event": event,
-        "delivery": delivery,
-        "replays": replays,
-    }
-
-
 def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
     """RQ exception handler: runs before RQ decides between retry and failed (and for abandoned jobs)."""
     if job.func_name not in (PROCESS_DELIVERY, RUN_HANDLER):
@@ -370,7 +333,8 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
     rt = runtime.get()
     meta = job.meta if job.meta is not None else {}
     attempts = meta.setdefault("attempts", [])
-    attempts.append(attempt_record(exc, job.started_at, rt))
+    attempt = Attempt.of_failure(exc, job.started_at, rt.redact)
+    attempts.append(attempt.to_dict())
     job.meta = meta
     if is_permanent(exc):
         job.retries_left = 0  # RQ has no "do not retry": this is how a permanent error skips the rest
@@ -382,6 +346,7 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
 
     arg = job.args[0] if job.args else {}
     is_handler = job.func_name == RUN_HANDLER
+    task = _handler_task(arg) if is_handler else None
     with hl_logging.bound(job_id=job.id, attempt=len(attempts)):
         if job.retries_left and job.retries_left > 0:
             job.save_meta()
@@ -389,18 +354,23 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
             counters.bump(pipe, rt.config.redis.prefix, "retry_attempts")
             pipe.execute()
             log.warning("job.retry_scheduled", stage="handler" if is_handler else "delivery",
-                        error=exc_type.__name__, message=attempts[-1]["message"], retries_left=job.retries_left)
+                        error=exc_type.__name__, message=attempt.message, retries_left=job.retries_left)
             if is_handler:
-                metrics.handler_attempt(arg.get("handler"), metrics.RETRY, _seconds(attempts[-1]))
+                metrics.handler_attempt(task.handler if task else None, metrics.RETRY, attempt.seconds)
             return None
-        if is_handler:
-            stage, event, delivery, handler = "handler", arg.get("event"), arg.get("delivery"), arg.get("handler")
+        if task is not None:
+            stage, event, delivery, handler = "handler", task.event, task.delivery, task.handler
+        elif is_handler:
+            # An argument that is no task (run_handler refused it) is kept whole: nothing is lost.
+            stage, event, delivery, handler = "handler", None, arg, None
         else:
             stage = "normalize" if isinstance(exc, NormalizeFailed) else "delivery"
             event, delivery, handler = None, arg, None
-        entry = dead_letter_entry(rt, entry_id=job.id, stage=stage, exc=exc, tb=tb, attempts=attempts,
-                                  event=event, delivery=delivery, handler=handler,
-                                  replays=list(meta.get("replays") or []))
+        entry = DeadLetter.of_failure(entry_id=job.id, stage=stage, exc=exc, tb=tb,
+                                      attempts=[Attempt.from_dict(a) for a in attempts], event=event,
+                                      delivery=delivery, handler=handler,
+                                      replays=[Replay.from_dict(r) for r in meta.get("replays") or []],
+                                      redact=rt.redact)
         # Marks the job, should RQ's tools requeue it: its run must then take this entry, not run twice.
         meta["dead_letter"] = job.id
         pipe = rt.redis.pipeline(transaction=True)
@@ -411,12 +381,15 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
         pipe.execute()
         job.save_meta()
         log.error("job.dead_lettered", stage=stage, handler=handler, error=exc_type.__name__,
-                  message=attempts[-1]["message"], attempts=len(attempts))
+                  message=attempt.message, attempts=len(attempts))
         if is_handler:
-            metrics.handler_attempt(handler, metrics.DEAD_LETTER, _seconds(attempts[-1]))
+            metrics.handler_attempt(handler, metrics.DEAD_LETTER, attempt.seconds)
         metrics.dead_lettered(stage, handler)
     return None
 
 
-def _seconds(attempt: dict[str, Any]) -> float | None:
-    return attempt["duration_ms"] / 1000 if attempt.get("duration_ms") is not None else None
+def _handler_task(arg: Any) -> HandlerTask | None:
+    try:
+        return HandlerTask.from_dict(arg)
+    except RecordError:
+        return None
