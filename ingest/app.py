@@ -29,9 +29,9 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from werkzeug.routing import Rule
 from werkzeug.wsgi import get_content_length
 
-from hooklane.ingest import http_metrics as metrics
+from hooklane.ingest import http_metrics
 from hooklane.ingest.auth import authenticate, client_ip
-from hooklane.shared import logs as hl_logging
+from hooklane.shared import logs
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import Delivery, log_delivery_id, utc_now_iso
 from hooklane.shared.providers import PROVIDERS
@@ -40,7 +40,7 @@ from hooklane.shared.queueing import DeliveryEnqueuer
 from hooklane.shared.redaction import Redactor
 from hooklane.shared.redisconn import connect
 
-log = hl_logging.get_logger("hooklane.ingest")
+log = logs.get_logger("hooklane.ingest")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _JSON = "application/json"
@@ -166,12 +166,12 @@ def create_app(
     enqueue = DeliveryEnqueuer(config)
     # Ingest never logs a secret itself (tested), but a library's free text might (a werkzeug or redis
     # error quoting a URL): mask the configured values in every line, as the workers do.
-    hl_logging.add_secret_values(Redactor.from_config(config).values)
+    logs.add_secret_values(Redactor.from_config(config).values)
     app.extensions["hooklane"] = {"config": config, "redis": conn}
     retry_after = str(config.ingest.retry_after_seconds)
     max_body = config.ingest.max_body_bytes
     # Labelled children resolved once: `.labels()` costs a lock and a dict lookup per call.
-    accepted_metrics = {name: (metrics.BODY_BYTES.labels(name), metrics.LATENCY.labels(name))
+    accepted_metrics = {name: (http_metrics.BODY_BYTES.labels(name), http_metrics.LATENCY.labels(name))
                         for name in config.sources}
     answered: dict[tuple[str, int], Any] = {}
 
@@ -200,12 +200,12 @@ def create_app(
         args = request.args
         token = path_token if path_token is not None else args.get("token")
         delivery_id = headers.get(src.delivery_id_header) if src.delivery_id_header else None
-        hl_logging.bind(source=src.name, provider=provider.name)
+        logs.bind(source=src.name, provider=provider.name)
         try:
             authenticate(src, provider, body=body, headers=headers, token=token, ip=ip, now=clock,
                          request=_request_view(request) if provider.takes_context else None)
         except VerificationError as exc:
-            metrics.VERIFICATION_FAILURES.labels(src.name, exc.reason).inc()
+            http_metrics.VERIFICATION_FAILURES.labels(src.name, exc.reason).inc()
             log.warning("delivery.refused", status=exc.status, reason=exc.reason, client_ip=ip,
                         bytes=len(body), delivery_id=delivery_id)
             return _answer(exc.status, exc.reason)
@@ -229,7 +229,7 @@ def create_app(
             client_ip=ip,
             delivery_id=delivery_id,
         )
-        hl_logging.bind(request_id=delivery.id, delivery_id=log_delivery_id(delivery_id, body))
+        logs.bind(request_id=delivery.id, delivery_id=log_delivery_id(delivery_id, body))
         try:
             enqueue(conn, delivery)
         except redis.RedisError as exc:
@@ -267,7 +267,7 @@ def create_app(
 
     @app.get("/metrics", provide_automatic_options=False)
     def metrics_view() -> Response:
-        data, content_type = metrics.render(conn, config, request.headers.get("Accept", ""))
+        data, content_type = http_metrics.render(conn, config, request.headers.get("Accept", ""))
         return Response(data, content_type=content_type)  # as given: `mimetype=` would append a second charset
 
     @app.errorhandler(HTTPException)
@@ -290,9 +290,9 @@ def create_app(
             key = (source, resp.status_code)
             counter = answered.get(key)
             if counter is None:
-                counter = answered[key] = metrics.DELIVERIES.labels(source, str(resp.status_code))
+                counter = answered[key] = http_metrics.DELIVERIES.labels(source, str(resp.status_code))
             counter.inc()
         return resp
 
-    app.wsgi_app = hl_logging.context_per_request(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = logs.context_per_request(app.wsgi_app)  # type: ignore[method-assign]
     return app

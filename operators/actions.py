@@ -22,8 +22,7 @@ from typing import Any
 
 from redis import Redis
 
-from hooklane.shared import counters as stats
-from hooklane.shared import deadletters
+from hooklane.shared import counters, deadletters
 from hooklane.shared.config import Config
 from hooklane.shared.deadletters import Filters, ReplayConflict
 from hooklane.shared.envelope import iso_utc
@@ -329,7 +328,7 @@ def collect_stats(redis: Redis, config: Config, *, now: float | None = None,
         by_handler[entry.get("handler") or f"[{entry.get('stage')}]"] += 1
 
     prefix = config.redis.prefix
-    events = {kind: {f"{m}m": stats.recent(redis, prefix, kind, m, now=ref) for m in STAT_WINDOWS}
+    events = {kind: {f"{m}m": counters.recent(redis, prefix, kind, m, now=ref) for m in STAT_WINDOWS}
               for kind in STAT_KINDS}
 
     return {

@@ -13,10 +13,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,7 +26,7 @@ import pytest
 import redis
 from http_sink import HttpSink
 
-from hooklane.operators.cli.local_redis import find_redis_server
+from hooklane.operators.cli.local_redis import find_redis_server, free_port, redis_server_argv, wait_until_answers
 from hooklane.shared import config as cfg_mod
 from hooklane.shared import deadletters
 from hooklane.shared.config import Config
@@ -64,12 +62,6 @@ TELNYX_SIGNING_KEY_OLD = (b"-----BEGIN PRIVATE KEY-----\n"
                           b"-----END PRIVATE KEY-----\n")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     """A private redis-server process; `stop()` / `start()` simulate an outage.
 
@@ -97,21 +89,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        aof = ["--appendonly", "yes", "--appendfsync", self.appendfsync] if self.appendfsync else ["--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
-             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning", "--logfile", str(self.logfile)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"private redis-server did not start on port {self.port}")
+        argv = redis_server_argv(self.binary, self.port, self.dir, appendfsync=self.appendfsync,
+                                 logfile=self.logfile)
+        self.proc = proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_until_answers(self.port, lambda: proc.poll() is None):
+            raise RuntimeError(f"private redis-server did not start on port {self.port}")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """SIGTERM: Redis's own shutdown (the AOF is flushed); SIGKILL: a crash, only what it wrote survives."""

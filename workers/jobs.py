@@ -27,8 +27,7 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from hooklane.shared import counters, deadletters
-from hooklane.shared import logs as hl_logging
+from hooklane.shared import counters, deadletters, logs
 from hooklane.shared.backoff import delays
 from hooklane.shared.config import HandlerConfig
 from hooklane.shared.envelope import Delivery, EnvelopeError, log_delivery_id
@@ -37,12 +36,11 @@ from hooklane.shared.providers import PROVIDERS
 from hooklane.shared.providers.base import Provider
 from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, enqueue_handler_job
 from hooklane.shared.records import Attempt, DeadLetter, HandlerTask, RecordError, Replay
-from hooklane.workers import job_metrics as metrics
-from hooklane.workers import runtime
+from hooklane.workers import job_metrics, runtime
 from hooklane.workers.dedupe import RUNNING
 from hooklane.workers.errors import NormalizeFailed, PermanentError, TransientError, is_permanent
 
-log = hl_logging.get_logger("hooklane.worker")
+log = logs.get_logger("hooklane.worker")
 
 
 # --------------------------------------------------------------------------- normalize
@@ -161,10 +159,10 @@ def process_delivery(envelope: dict[str, Any]) -> None:
     job = get_current_job()
     if not _should_run(rt, job):
         return
-    metrics.replay_started(job, "delivery")
+    job_metrics.replay_started(job, "delivery")
     delivery = _read_delivery(envelope)
-    hl_logging.clear()
-    hl_logging.bind(
+    logs.clear()
+    logs.bind(
         request_id=delivery.id,
         delivery_id=log_delivery_id(delivery.delivery_id, delivery.body),
         source=delivery.source,
@@ -172,8 +170,8 @@ def process_delivery(envelope: dict[str, Any]) -> None:
         job_id=job.id if job else None,
     )
     event = normalize(delivery)
-    metrics.EVENTS_NORMALIZED.labels(event.provider, event.type).inc()
-    hl_logging.bind(event_id=event.id, event_type=event.type)
+    job_metrics.EVENTS_NORMALIZED.labels(event.provider, event.type).inc()
+    logs.bind(event_id=event.id, event_type=event.type)
     prefix = rt.config.redis.prefix
 
     claim = rt.deduper.claim(event.id, delivery.id, runtime.current_execution.get())
@@ -185,7 +183,7 @@ def process_delivery(envelope: dict[str, Any]) -> None:
         pipe = rt.redis.pipeline(transaction=False)
         counters.bump(pipe, prefix, "duplicates")
         pipe.execute()
-        metrics.DUPLICATES.labels(event.source).inc()
+        job_metrics.DUPLICATES.labels(event.source).inc()
         return
 
     targets = rt.config.handlers_for(event.type, event.source)
@@ -217,7 +215,7 @@ def _should_run(rt: runtime.Runtime, job: Job | None) -> bool:
     entry_id = (job.meta or {}).get("dead_letter") if job else None
     if job is None or entry_id is None:
         return True
-    with hl_logging.bound(job_id=job.id):
+    with logs.bound(job_id=job.id):
         if not deadletters.take(rt.redis, rt.config, entry_id):
             log.warning("job.requeue_ignored", reason="its dead letter was replayed or purged already")
             return False
@@ -233,7 +231,7 @@ def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, An
                 job: Job | None, *, final: bool) -> None:
     """A handler's first attempt, inside the delivery job; a failure is handed on, never dropped."""
     started = time.monotonic()
-    with hl_logging.bound(handler=handler.name, attempt=1):
+    with logs.bound(handler=handler.name, attempt=1):
         try:
             rt.handlers[handler.name](event)
         except Exception as exc:  # noqa: BLE001 - any handler failure becomes a retry job or a dead letter below
@@ -254,7 +252,7 @@ def _run_inline(rt: runtime.Runtime, handler: HandlerConfig, event: dict[str, An
             counters.bump(pipe, rt.config.redis.prefix, "processed")
         pipe.execute()
         log.info("handler.done", duration_ms=round((time.monotonic() - started) * 1000, 3))
-        metrics.handler_attempt(handler.name, metrics.OK, time.monotonic() - started)
+        job_metrics.handler_attempt(handler.name, job_metrics.OK, time.monotonic() - started)
 
 
 def _dead_letter_inline(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, event: dict[str, Any],
@@ -269,8 +267,8 @@ def _dead_letter_inline(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, 
     rt.deduper.settle(event["id"], handler.name, "dead", pipeline=pipe, final=final)
     counters.bump(pipe, rt.config.redis.prefix, "dead_lettered")
     log.error("handler.dead_lettered", error=attempt.error_class, message=attempt.message, status=attempt.status)
-    metrics.handler_attempt(handler.name, metrics.DEAD_LETTER, attempt.seconds)
-    metrics.dead_lettered("handler", handler.name)
+    job_metrics.handler_attempt(handler.name, job_metrics.DEAD_LETTER, attempt.seconds)
+    job_metrics.dead_lettered("handler", handler.name)
 
 
 def _schedule_retry(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, event: dict[str, Any],
@@ -287,7 +285,7 @@ def _schedule_retry(rt: runtime.Runtime, pipe: Any, handler: HandlerConfig, even
     counters.bump(pipe, rt.config.redis.prefix, "retry_attempts")
     log.warning("handler.retry_scheduled", error=attempt.error_class, message=attempt.message,
                 status=attempt.status, retry_in_s=first_wait, retry_job_id=retry_job.id)
-    metrics.handler_attempt(handler.name, metrics.RETRY, attempt.seconds)
+    job_metrics.handler_attempt(handler.name, job_metrics.RETRY, attempt.seconds)
 
 
 def run_handler(arg: dict[str, Any]) -> None:
@@ -295,15 +293,15 @@ def run_handler(arg: dict[str, Any]) -> None:
     job = get_current_job()
     if not _should_run(rt, job):
         return
-    metrics.replay_started(job, "handler")
+    job_metrics.replay_started(job, "handler")
     try:
         task = HandlerTask.from_dict(arg)
     except RecordError as exc:
         raise PermanentError(f"run_handler job {job.id if job else '?'}: {exc}") from exc
     event, name, delivery = task.event, task.handler, task.delivery or {}
     attempt_no = len((job.meta or {}).get("attempts", [])) + 1 if job else 1
-    hl_logging.clear()
-    hl_logging.bind(
+    logs.clear()
+    logs.bind(
         request_id=delivery.get("id"),
         delivery_id=log_delivery_id(event.get("delivery_id"), base64.b64decode(delivery.get("body_b64", ""))),
         source=event.get("source"),
@@ -320,7 +318,7 @@ def run_handler(arg: dict[str, Any]) -> None:
     started = time.monotonic()
     handler(event)
     log.info("handler.done", duration_ms=round((time.monotonic() - started) * 1000, 3))
-    metrics.handler_attempt(name, metrics.OK, time.monotonic() - started)
+    job_metrics.handler_attempt(name, job_metrics.OK, time.monotonic() - started)
 
 
 # --------------------------------------------------------------------------- failures
@@ -347,7 +345,7 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
     arg = job.args[0] if job.args else {}
     is_handler = job.func_name == RUN_HANDLER
     task = _handler_task(arg) if is_handler else None
-    with hl_logging.bound(job_id=job.id, attempt=len(attempts)):
+    with logs.bound(job_id=job.id, attempt=len(attempts)):
         if job.retries_left and job.retries_left > 0:
             job.save_meta()
             pipe = rt.redis.pipeline(transaction=False)
@@ -356,7 +354,7 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
             log.warning("job.retry_scheduled", stage="handler" if is_handler else "delivery",
                         error=exc_type.__name__, message=attempt.message, retries_left=job.retries_left)
             if is_handler:
-                metrics.handler_attempt(task.handler if task else None, metrics.RETRY, attempt.seconds)
+                job_metrics.handler_attempt(task.handler if task else None, job_metrics.RETRY, attempt.seconds)
             return None
         if task is not None:
             stage, event, delivery, handler = "handler", task.event, task.delivery, task.handler
@@ -383,8 +381,8 @@ def on_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: 
         log.error("job.dead_lettered", stage=stage, handler=handler, error=exc_type.__name__,
                   message=attempt.message, attempts=len(attempts))
         if is_handler:
-            metrics.handler_attempt(handler, metrics.DEAD_LETTER, attempt.seconds)
-        metrics.dead_lettered(stage, handler)
+            job_metrics.handler_attempt(handler, job_metrics.DEAD_LETTER, attempt.seconds)
+        job_metrics.dead_lettered(stage, handler)
     return None
 
 

@@ -39,14 +39,14 @@ from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
 from rq.worker import BaseWorker
 
-from hooklane.shared import logs as hl_logging
+from hooklane.shared import logs
 from hooklane.shared.config import Config
 from hooklane.shared.queueing import PROCESS_DELIVERY, RUN_HANDLER, SERIALIZER, HooklaneJob, rq_queue
 from hooklane.shared.redisconn import connect
 from hooklane.workers import jobs, resilience, runtime
 from hooklane.workers.threaded import ThreadedWorker
 
-log = hl_logging.get_logger("hooklane.worker")
+log = logs.get_logger("hooklane.worker")
 
 # A scheduler heartbeats every second; this many seconds of silence means its process is gone.
 SCHEDULER_STALE_AFTER_SECONDS = 10
@@ -79,7 +79,7 @@ class HooklaneScheduler(RQScheduler):
                         silent_s=round(silent, 1))
 
     def work(self) -> None:
-        hl_logging.bind(process="scheduler")
+        logs.bind(process="scheduler")
         try:
             super().work()
         except Exception as exc:
@@ -150,11 +150,11 @@ class _HooklaneWorker:
     def execute_job(self, job: Any, queue: Any) -> Any:
         # A job binds its ids; cleared on the way in and out, so no line outside a job (RQ's "dequeued",
         # an abandoned job's on_failure run by maintenance, the shutdown lines) carries a previous job's ids.
-        hl_logging.clear()
+        logs.clear()
         try:
             return super().execute_job(job, queue)  # type: ignore[misc]
         finally:
-            hl_logging.clear()
+            logs.clear()
 
     def run_maintenance_tasks(self) -> None:
         # RQ's loop runs maintenance before it looks at a stop request, and maintenance restarts a scheduler that
@@ -218,11 +218,11 @@ class _HooklaneWorker:
 def _outside_job() -> Iterator[None]:
     """Log without the ids a running job bound, and give them back to the job afterwards."""
     saved = structlog.contextvars.get_contextvars()
-    hl_logging.clear()
+    logs.clear()
     try:
         yield
     finally:
-        hl_logging.bind(**saved)
+        logs.bind(**saved)
 
 
 class HooklaneSimpleWorker(_HooklaneWorker, SimpleWorker):
@@ -233,7 +233,7 @@ class HooklaneForkWorker(_HooklaneWorker, Worker):
     """Forks a work horse per job: isolates user callables that leak or crash, at a throughput cost."""
 
 
-hl_logging.raise_through_handlers(StopRequested)
+logs.raise_through_handlers(StopRequested)
 
 
 class HooklaneThreadedWorker(_HooklaneWorker, ThreadedWorker):
@@ -269,7 +269,7 @@ def build_worker(config: Config, *, redis: Any = None, name: str | None = None) 
     rt = runtime.Runtime.build(config, conn)
     runtime.install(rt)
     # RQ logs a failing job's traceback itself: mask the configured secrets there too, whatever a handler raised.
-    hl_logging.add_secret_values(rt.redact.values)
+    logs.add_secret_values(rt.redact.values)
     extra = {"concurrency": config.worker.concurrency} if threaded else {}
     worker = cls(
         [rq_queue(conn, config)],
@@ -315,7 +315,7 @@ def run(config: Config, *, burst: bool = False, with_scheduler: bool = True, nam
     `metrics_port` (else `[worker] metrics_port`) serves /metrics and /healthz for this process; give each
     worker process on a host its own port.
     """
-    hl_logging.configure()
+    logs.configure()
     worker = build_worker(config, name=name)
     log.info("worker.starting", worker=worker.name, queue=rq_queue(worker.connection, config).name,
              worker_class=config.worker.worker_class, concurrency=config.worker.concurrency, burst=burst)

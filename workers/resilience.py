@@ -47,9 +47,9 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from hooklane.shared import logs as hl_logging
+from hooklane.shared import logs
 
-log = hl_logging.get_logger("hooklane.worker")
+log = logs.get_logger("hooklane.worker")
 
 T = TypeVar("T")
 

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import redis
 
 from hooklane.operators import sending
-from hooklane.operators.cli.local_redis import find_redis_server
+from hooklane.operators.cli.local_redis import find_redis_server, free_port, redis_server_argv, wait_until_answers
 from hooklane.shared import config as config_mod
 from hooklane.shared.config import Config, ConfigError
 from hooklane.shared.redaction import safe_url
@@ -172,21 +172,12 @@ class PrivateRedis:
     def start(self, env: Mapping[str, str]) -> Child:
         # Its own log file: a private server's start-up banner and host warnings would drown the
         # pipeline's lines, and are only worth reading when it fails to start (then they are shown).
-        self.child = spawn(
-            "redis-server",
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--daemonize", "no", "--loglevel", "warning", "--logfile", str(self.log)],
-            env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if not self.child.alive():
-                raise RuntimeError(f"redis-server exited with code {self.child.proc.returncode}{self._tail()}")
-            if redis_answers(self.url):
-                return self.child
-            time.sleep(0.05)
+        argv = redis_server_argv(self.binary, self.port, self.dir, logfile=self.log)
+        self.child = child = spawn("redis-server", argv, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if wait_until_answers(self.port, child.alive):
+            return child
+        if not child.alive():
+            raise RuntimeError(f"redis-server exited with code {child.proc.returncode}{self._tail()}")
         raise RuntimeError(f"redis-server did not answer on port {self.port} within 10s{self._tail()}")
 
     def _tail(self) -> str:
@@ -195,12 +186,6 @@ class PrivateRedis:
         except OSError:
             return ""
         return "".join(f"\n    {line}" for line in lines)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_in_use(port: int) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from redis import Redis, RedisError
 
-from hooklane.operators import actions as operator
+from hooklane.operators import actions
 from hooklane.operators.actions import OperatorError
 from hooklane.operators.cli.common import load_config, redis_for
 from hooklane.shared import deadletters
@@ -29,28 +29,28 @@ DEFAULT_LIMIT = 50
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dlq", help="list, inspect, replay and purge dead letters")
-    actions = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    commands = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
-    ls = actions.add_parser("list", help="dead letters, newest first, with a count by handler and error")
+    ls = commands.add_parser("list", help="dead letters, newest first, with a count by handler and error")
     _add_filters(ls)
     ls.add_argument("--limit", type=_non_negative, default=DEFAULT_LIMIT,
                     help=f"rows to show (default {DEFAULT_LIMIT}, 0 = all); the summary counts every match")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=_guard(cmd_list))
 
-    show = actions.add_parser("show", help="one dead letter in full (secrets redacted)")
+    show = commands.add_parser("show", help="one dead letter in full (secrets redacted)")
     show.add_argument("id")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=_guard(cmd_show))
 
-    rp = actions.add_parser("replay", help="put the failed stage back to work with a fresh attempt budget")
+    rp = commands.add_parser("replay", help="put the failed stage back to work with a fresh attempt budget")
     _add_selection(rp)
     rp.add_argument("--dry-run", action="store_true", help="show what would be replayed, change nothing")
     rp.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (bulk replay)")
     rp.add_argument("--json", action="store_true", help="machine-readable output")
     rp.set_defaults(func=_guard(cmd_replay))
 
-    pg = actions.add_parser("purge", help="delete dead letters for good")
+    pg = commands.add_parser("purge", help="delete dead letters for good")
     _add_selection(pg)
     pg.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     pg.add_argument("--json", action="store_true", help="machine-readable output")
@@ -105,7 +105,7 @@ def _guard(func: Callable[[argparse.Namespace, Config, Redis], int]) -> Callable
 
 
 def _filters(args: argparse.Namespace) -> Filters:
-    return operator.parse_filters({k: getattr(args, k, None) for k in operator.FILTER_FIELDS})
+    return actions.parse_filters({k: getattr(args, k, None) for k in actions.FILTER_FIELDS})
 
 
 def _err(message: str) -> None:
@@ -121,18 +121,18 @@ def _print_json(data: Any) -> None:
 
 def cmd_list(args: argparse.Namespace, config: Config, redis: Redis) -> int:
     filters = _filters(args)
-    listing = operator.scan(redis, config, filters, limit=args.limit or None)
+    listing = actions.scan(redis, config, filters, limit=args.limit or None)
     if args.json:
         _print_json({
             "total": listing.total,
             "count": len(listing.rows),
-            "filters": operator.filters_dict(filters),
+            "filters": actions.filters_dict(filters),
             "entries": listing.rows,
             "summary": [{"handler": h, "error": e, "count": n} for h, e, n in listing.summary],
         })
         return 0
     if not listing.total:
-        print("No dead letters" + ("" if not operator.has_filters(filters) else " match these filters") + ".")
+        print("No dead letters" + ("" if not actions.has_filters(filters) else " match these filters") + ".")
         return 0
     # A terminal gets a table cut to its width; a pipe or file gets every value whole (grep, awk, less -S).
     width = shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else None
@@ -226,7 +226,7 @@ def cmd_show(args: argparse.Namespace, config: Config, redis: Redis) -> int:
     if entry is None:
         _err(f"hooklane dlq: no dead letter {args.id!r} (replayed, purged or expired?)")
         return 1
-    shown = operator.present_entry(entry, operator.redactor_for(config))
+    shown = actions.present_entry(entry, actions.redactor_for(config))
     if args.json:
         _print_json(shown)
     else:
@@ -298,14 +298,14 @@ def _indent(text: str, pad: str = "    ") -> str:
 def _targets(args: argparse.Namespace, config: Config, redis: Redis, verb: str) -> tuple[list[str], Filters, bool]:
     """(ids, filters, bulk): explicit ids, or every match of --all / the filters."""
     filters = _filters(args)
-    filtered = operator.has_filters(filters)
+    filtered = actions.has_filters(filters)
     if args.ids:
         if args.all or filtered:
             raise OperatorError(f"{verb}: give ids, or --all / filters, not both")
         return list(dict.fromkeys(args.ids)), filters, False
     if not (args.all or filtered):
         raise OperatorError(f"{verb}: give dead-letter ids, or --all and/or filters (e.g. --handler crm)")
-    return operator.matching_ids(redis, config, filters), filters, True
+    return actions.matching_ids(redis, config, filters), filters, True
 
 
 def _confirm(question: str, assume_yes: bool) -> bool | None:
@@ -366,18 +366,18 @@ def cmd_replay(args: argparse.Namespace, config: Config, redis: Redis) -> int:
     ids, filters, bulk = _targets(args, config, redis, "replay")
     if bulk and not ids:
         if args.json:
-            _print_json(operator.BulkResult("replay", dry_run=args.dry_run).to_dict())
+            _print_json(actions.BulkResult("replay", dry_run=args.dry_run).to_dict())
         else:
             print("No dead letters match: nothing to replay.")
         return 0
     if bulk and not args.dry_run:
         code = _ask(f"Replay {len(ids)} dead letter{'s' if len(ids) != 1 else ''} "
-                    f"(filters: {operator.describe_filters(filters)})?", args, "replay in bulk")
+                    f"(filters: {actions.describe_filters(filters)})?", args, "replay in bulk")
         if code is not None:
             return code
     bar = ProgressBar("replaying" if not args.dry_run else "checking")
     try:
-        result = operator.replay_many(redis, config, ids, dry_run=args.dry_run, progress=bar if bulk else None)
+        result = actions.replay_many(redis, config, ids, dry_run=args.dry_run, progress=bar if bulk else None)
     finally:
         bar.close()
     _report(result, args.json, each=not bulk or args.dry_run)
@@ -388,41 +388,41 @@ def cmd_purge(args: argparse.Namespace, config: Config, redis: Redis) -> int:
     ids, filters, bulk = _targets(args, config, redis, "purge")
     if not ids:
         if args.json:
-            _print_json(operator.BulkResult("purge").to_dict())
+            _print_json(actions.BulkResult("purge").to_dict())
         else:
             print("No dead letters match: nothing to purge.")
         return 0
     what = f"{len(ids)} dead letter{'s' if len(ids) != 1 else ''}"
-    question = (f"Delete {what} for good (filters: {operator.describe_filters(filters)})?" if bulk
+    question = (f"Delete {what} for good (filters: {actions.describe_filters(filters)})?" if bulk
                 else f"Delete {what} for good ({', '.join(ids[:5])}{', …' if len(ids) > 5 else ''})?")
     code = _ask(question, args, "purge")
     if code is not None:
         return code
     bar = ProgressBar("purging")
     try:
-        result = operator.purge_many(redis, config, ids, progress=bar if bulk else None)
+        result = actions.purge_many(redis, config, ids, progress=bar if bulk else None)
     finally:
         bar.close()
     _report(result, args.json, each=not bulk)
     return 0 if result.ok else 1
 
 
-def _report(result: operator.BulkResult, as_json: bool, *, each: bool) -> None:
+def _report(result: actions.BulkResult, as_json: bool, *, each: bool) -> None:
     """Problems always get a line; successes only when `each` (explicit ids, or a dry run's plan)."""
     if as_json:
         _print_json(result.to_dict())
         return
     for r in result.results:
         status = r["status"]
-        if status in (operator.REPLAYED, operator.PURGED) and not each:
+        if status in (actions.REPLAYED, actions.PURGED) and not each:
             continue
-        if status == operator.REPLAYED:
+        if status == actions.REPLAYED:
             print(f"replayed      {r['id']} -> job {r['job_id']} ({_what(r)})")
-        elif status == operator.WOULD_REPLAY:
+        elif status == actions.WOULD_REPLAY:
             print(f"would replay  {r['id']} ({_what(r)})")
-        elif status == operator.PURGED:
+        elif status == actions.PURGED:
             print(f"purged        {r['id']}")
-        elif status == operator.NOT_FOUND:
+        elif status == actions.NOT_FOUND:
             _err(f"not found     {r['id']} (already replayed, purged or expired)")
         else:
             _err(f"conflict      {r['id']}: {r.get('reason')}")

@@ -20,7 +20,7 @@ from http_sink import HttpSink, SinkRequest
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
 from hooklane.operators import sending
-from hooklane.operators.cli.dev import free_port
+from hooklane.operators.cli.local_redis import free_port
 from hooklane.shared import config as config_mod
 from hooklane.shared import counters
 from hooklane.shared.config import Config

@@ -38,7 +38,7 @@ from e2e.harness import (
     wait_for,
 )
 from hooklane.operators import sending
-from hooklane.operators.cli.dev import free_port
+from hooklane.operators.cli.local_redis import free_port
 from hooklane.shared import deadletters
 from hooklane.shared.providers import PROVIDERS
 
