@@ -94,6 +94,8 @@ def _request_view(req: Any) -> Request:
     # QUERY_STRING is the raw query as latin-1 text (PEP 3333): back to bytes, then UTF-8 as signed.
     query = req.environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8", "surrogateescape")
     return Request(method=req.method, url=req.base_url, query=query)
+
+
 class BodyError(Exception):
     """The request body cannot be read as framed (400): the client's mistake, reported with its reason."""
 

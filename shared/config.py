@@ -8,8 +8,6 @@ secret in the file is refused, and resolved values never appear in ``repr()``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import importlib
 import ipaddress
 import os
@@ -57,23 +55,6 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self.ref)
-
-
-def standard_webhooks_key(secret: bytes) -> bytes:
-    """The HMAC key of a Standard Webhooks secret: base64, with or without the ``whsec_`` prefix.
-
-    As the spec and its reference library read it (padding optional), but strict about the alphabet:
-    a lenient decoder silently drops stray characters and signs with a key the receiver does not have.
-    Raises ValueError for anything else, so a bad secret fails at config load, not at the first delivery.
-    """
-    text = secret.removeprefix(b"whsec_")
-    try:
-        key = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
-    except binascii.Error:
-        raise ValueError("a Standard Webhooks secret is base64, optionally prefixed whsec_") from None
-    if not key:
-        raise ValueError("a Standard Webhooks secret may not be empty")
-    return key
 
 
 @dataclass(frozen=True)
@@ -428,7 +409,9 @@ def _handler(name: str, h: _Reader) -> HandlerConfig:
     secret_list = h.secret_list("secret")
     if secret_list:
         try:
-            standard_webhooks_key(secret_list[0].reveal())
+            from hooklane.shared.providers.standardwebhooks import signing_key  # late, as the registry is
+
+            signing_key(secret_list[0].reveal())
         except ValueError as exc:
             raise ConfigError(f"{h.key('secret')}: {exc} ({secret_list[0].ref})") from None
     target = h.str("target", None) if "target" in h.data else None

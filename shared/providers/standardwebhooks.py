@@ -76,16 +76,19 @@ EVENT_TYPES = {t: t for t in CANONICAL_TYPES}
 
 
 def signing_key(secret: bytes) -> bytes:
-    """The HMAC key of a ``whsec_<base64>`` secret; ValueError (without the value) if it is not one."""
+    """The HMAC key of a ``whsec_<base64>`` secret; ValueError (without the value) if it is not one.
+
+    Also the key of the http handler's outgoing signatures (its secret is checked with it at config load).
+    """
     text = secret.strip()
     if text.startswith(SECRET_PREFIX):
         text = text[len(SECRET_PREFIX):]
     try:
         key = b64decode_strict(text.decode("ascii"), padding_optional=True)
     except (UnicodeDecodeError, ValueError):
-        raise ValueError("a Standard Webhooks secret is whsec_ followed by base64") from None
+        raise ValueError("a Standard Webhooks secret is base64, optionally prefixed whsec_") from None
     if not key:
-        raise ValueError("the Standard Webhooks secret is empty")
+        raise ValueError("a Standard Webhooks secret may not be empty")
     return key
 
 

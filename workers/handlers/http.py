@@ -21,10 +21,7 @@
 
 from __future__ import annotations
 
-import base64
 import email.utils
-import hashlib
-import hmac
 import time
 from typing import Any
 from urllib.parse import quote
@@ -32,8 +29,9 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from hooklane.shared.config import HandlerConfig, standard_webhooks_key
+from hooklane.shared.config import HandlerConfig
 from hooklane.shared.events import dumps
+from hooklane.shared.providers import standardwebhooks
 from hooklane.shared.redaction import safe_url
 from hooklane.workers.errors import PermanentError, TransientError
 
@@ -53,13 +51,8 @@ def header_value(text: str) -> str:
 
 
 def sign_standard_webhook(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(standard_webhooks_key(secret), signed, hashlib.sha256).digest()
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": "v1," + base64.b64encode(digest).decode("ascii"),
-    }
+    # The standardwebhooks provider's signer: what hooklane verifies on the way in, it signs on the way out.
+    return standardwebhooks.sign(body, secret, timestamp=timestamp, delivery_id=msg_id)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
