@@ -219,15 +219,24 @@ def raise_through_handlers(*types: type[BaseException]) -> None:
     _RAISED_THROUGH = tuple({*_RAISED_THROUGH, *types})
 
 
-# RQ's maintenance pass logs these at info every maintenance interval: noise at info, kept at debug.
+# Routine at info, kept at debug: RQ's maintenance pass (every maintenance interval) and its four lines per
+# successful job (taken, "Job OK", completed in, result kept). hooklane writes its own info line for every
+# job's outcome (handler.done, event.duplicate, event.unrouted, the retry and dead-letter lines) with the
+# ids bound; RQ's four cost a worker more CPU than the http handler's POST (docs/benchmarks.md).
 _ROUTINE_FOREIGN_LINES = frozenset({
     "Worker %s: cleaning registries for queue: %s",
     "Worker %s: cleaning group registries",
+    "Worker %s: %s: %s (%s)",  # "<queue>: <description> (<id>)" when taken, "<queue>: Job OK (<id>)" when done
+    "Worker %s: %s: %s",  # taken, with log_job_description off
+    "Successfully completed %s job in %ss on worker %s",
+    "Successfully completed job %s in %ss on worker %s",
+    "Worker %s: job %s result is kept for %s seconds",
+    "Worker %s: job %s result discarded immediately",
 })
 
 
 def _routine_at_debug(record: logging.LogRecord) -> bool:
-    if record.msg not in _ROUTINE_FOREIGN_LINES:
+    if record.levelno != logging.INFO or record.msg not in _ROUTINE_FOREIGN_LINES:
         return True
     if _Output.level > logging.DEBUG:
         return False

@@ -6,7 +6,10 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
+import tracemalloc
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
@@ -170,6 +173,99 @@ def test_http_connection_refused_is_transient_and_the_message_hides_credentials(
         http("http://user:hunter22@127.0.0.1:9/hook?api_key=sk_live_42")(EVENT)
     assert "hunter22" not in str(info.value) and "sk_live_42" not in str(info.value)
     assert "127.0.0.1:9/hook" in str(info.value)
+
+
+def test_http_sends_credentials_in_the_url_as_basic_auth_and_not_in_the_request_line(http_sink):
+    url = hook(http_sink).replace("http://", "http://crm%40acme:p%3Ass@")
+    http(url)(EVENT)
+    (req,) = http_sink.requests
+    assert req.headers["authorization"] == "Basic " + base64.b64encode(b"crm@acme:p:ss").decode()
+    assert req.path == "/hook"
+
+
+@pytest.mark.parametrize("no_proxy", [None, "127.0.0.1"])
+def test_http_goes_through_the_proxy_the_environment_names_unless_no_proxy_says_otherwise(
+    http_sink: HttpSink, monkeypatch: pytest.MonkeyPatch, no_proxy: str | None,
+) -> None:
+    # The sink plays the proxy: a proxied plain-HTTP request names the absolute URL in its request line.
+    with HttpSink() as crm:
+        monkeypatch.setenv("HTTP_PROXY", f"http://proxyuser:proxypass@127.0.0.1:{http_sink.port}")
+        if no_proxy:
+            monkeypatch.setenv("NO_PROXY", no_proxy)
+        http(hook(crm))(EVENT)
+        if no_proxy:
+            assert [r.path for r in crm.requests] == ["/hook"] and not http_sink.requests
+            return
+        (req,) = http_sink.requests
+        assert req.path == hook(crm) and not crm.requests
+        assert req.headers["proxy-authorization"] == "Basic " + base64.b64encode(b"proxyuser:proxypass").decode()
+
+
+class _KeepAliveServer(ThreadingHTTPServer):
+    """HTTP/1.1 with keep-alive: answers 200 with `body_size` bytes and records each request's client port."""
+
+    daemon_threads = True
+
+    def __init__(self, body_size: int) -> None:
+        self.body_size = body_size
+        self.client_ports: list[int] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers["Content-Length"]))
+                server.client_ports.append(self.client_address[1])
+                self.send_response(200)
+                self.send_header("Content-Length", str(server.body_size))
+                self.end_headers()
+                chunk = b"x" * 65536
+                left = server.body_size
+                try:
+                    while left > 0:
+                        self.wfile.write(chunk[:left])
+                        left -= len(chunk)
+                except OSError:
+                    return  # the client hung up: what the handler should do with a huge answer
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def test_http_reuses_its_connection_after_reading_off_a_small_answer():
+    server = _KeepAliveServer(body_size=2000)
+    try:
+        handler = http(f"http://127.0.0.1:{server.server_address[1]}/hook")
+        for _ in range(3):
+            handler(EVENT)
+        assert len(server.client_ports) == 3 and len(set(server.client_ports)) == 1
+    finally:
+        server.close()
+
+
+def test_http_drops_a_huge_answer_unread_instead_of_holding_it_in_memory():
+    server = _KeepAliveServer(body_size=200 * 1024 * 1024)
+    try:
+        handler = http(f"http://127.0.0.1:{server.server_address[1]}/hook")
+        tracemalloc.start()
+        try:
+            handler(EVENT)
+            handler(EVENT)  # on a new connection: the first one was closed, not left with 199 MiB unread
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 * 1024 * 1024, f"{peak / 2**20:.0f} MiB held"
+        assert len(set(server.client_ports)) == 2
+    finally:
+        server.close()
 
 
 def test_suppression_adds_the_phone_when_the_outcome_is_listed(fake_redis):

@@ -231,6 +231,7 @@ def test_one_delivery_carries_its_ids_from_ingest_to_every_worker_line(
     real_redis: redis.Redis, redis_server: RedisServer, make_config: Callable[..., Config],
     capsys: pytest.CaptureFixture[str], worker_concurrency: int,
 ) -> None:
+    hl_logging.configure("json", "DEBUG")  # RQ's per-job lines are debug: they must carry the job's ids too
     config = make_config(set_worker_concurrency(BASE_CONFIG, worker_concurrency), redis_url=redis_server.url)
     body = json.dumps(NOW_BODY).encode()
     resp = create_app(config, real_redis).test_client().post(
@@ -248,8 +249,8 @@ def test_one_delivery_carries_its_ids_from_ingest_to_every_worker_line(
 
     worker_lines = [ln for ln in lines if ln.get("logger", "").startswith(("hooklane.worker", "hooklane.handler"))]
     by_event = {ln["event"]: ln for ln in worker_lines}
-    # One line per handler attempt (handler.done) and the log handler's own line; event.normalized is debug.
-    assert {"event.logged", "handler.done"} <= set(by_event), sorted(by_event)
+    # One line per handler attempt (handler.done), the log handler's own line, and event.normalized (debug).
+    assert {"event.logged", "handler.done", "event.normalized"} <= set(by_event), sorted(by_event)
     event_id = by_event["handler.done"]["event_id"]
     assert event_id == by_event["event.logged"]["canonical_event"]["id"]
     assert event_id.startswith("vr:") and "call_corr_1" in event_id
@@ -270,6 +271,7 @@ def test_context_of_one_job_does_not_leak_into_the_next(
     real_redis: redis.Redis, redis_server: RedisServer, make_config: Callable[..., Config],
     capsys: pytest.CaptureFixture[str], worker_concurrency: int,
 ) -> None:
+    hl_logging.configure("json", "DEBUG")  # RQ's "dequeued" line is debug
     config = make_config(set_worker_concurrency(BASE_CONFIG, worker_concurrency), redis_url=redis_server.url)
     client = create_app(config, real_redis).test_client()
     ids = []
@@ -481,19 +483,30 @@ def test_a_retry_is_one_warning_without_traceback_and_the_dead_letter_is_the_err
 
 
 @pytest.mark.parametrize("level", ["INFO", "DEBUG"])
-def test_rq_maintenance_lines_are_debug(level: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rq_maintenance_and_per_job_success_lines_are_debug(level: str, capsys: pytest.CaptureFixture[str]) -> None:
     hl_logging.configure("json", level)
     capsys.readouterr()
     rq_log = logging.getLogger("rq.worker")
     rq_log.setLevel(logging.DEBUG)  # as `worker.work(logging_level=...)` leaves it: the filter must decide
 
     rq_log.info("Worker %s: cleaning registries for queue: %s", "w1", "hooklane")
+    rq_log.info("Worker %s: %s: %s (%s)", "w1", "hooklane", "process_delivery(vr, j1)", "j1")
+    rq_log.info("Worker %s: %s: %s (%s)", "w1", "hooklane", "Job OK", "j1")
+    rq_log.info("Successfully completed %s job in %ss on worker %s", "process_delivery(vr, j1)", "0:00:00.1", "w1")
+    rq_log.info("Worker %s: job %s result is kept for %s seconds", "w1", "j1", 1)
     rq_log.info("Worker %s: started", "w1")
+    rq_log.warning("Worker %s: %s: %s (%s)", "w1", "hooklane", "anything", "j1")  # only info is demoted
 
     _, lines = json_lines(capsys)
-    expected = [("Worker w1: started", "info")]
-    if level == "DEBUG":
-        expected.insert(0, ("Worker w1: cleaning registries for queue: hooklane", "debug"))
+    routine = [
+        "Worker w1: cleaning registries for queue: hooklane",
+        "Worker w1: hooklane: process_delivery(vr, j1) (j1)",
+        "Worker w1: hooklane: Job OK (j1)",
+        "Successfully completed process_delivery(vr, j1) job in 0:00:00.1s on worker w1",
+        "Worker w1: job j1 result is kept for 1 seconds",
+    ]
+    expected = [(line, "debug") for line in routine] if level == "DEBUG" else []
+    expected += [("Worker w1: started", "info"), ("Worker w1: hooklane: anything (j1)", "warning")]
     assert [(ln["event"], ln["level"]) for ln in lines] == expected
 
 

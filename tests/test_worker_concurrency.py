@@ -122,8 +122,8 @@ def test_the_http_handler_keeps_a_connection_per_job_in_flight(make_config, redi
         '[handlers.crm]\ntype = "http"\nurl = "http://127.0.0.1:9/x"\n[[routes]]\nevents = ["*"]\n'
         'handlers = ["crm"]\n', 48), redis_url=redis_server.url)
     build_worker(cfg, redis=real_redis)
-    adapter = runtime.get().handlers["crm"].session.get_adapter("http://127.0.0.1:9/x")
-    assert adapter._pool_maxsize >= 48
+    pool = runtime.get().handlers["crm"].pool.connection_from_url("http://127.0.0.1:9/x")
+    assert pool.pool.maxsize >= 48 and not pool.block
 
 
 # --------------------------------------------------------------------------- N in flight, never more

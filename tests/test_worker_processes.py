@@ -426,7 +426,7 @@ def test_lines_outside_a_job_carry_no_ids_of_an_earlier_one(http_workers, http_s
 
     lines = workers.lines(proc)
     job_ids = ("request_id", "delivery_id", "event_id", "job_id", "source")
-    job_done = next(i for i, line in enumerate(lines) if "Job OK" in line["event"])
+    job_done = next(i for i, line in enumerate(lines) if line["event"] == "handler.done")
     job_id = lines[job_done]["job_id"]
     after = [line for line in lines[job_done + 1:] if job_id not in line["event"]]  # not RQ's own job lines
     shutdown = [line for line in lines if "shut down" in line["event"] or "stopping" in line["event"]]
