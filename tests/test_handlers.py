@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
 import tracemalloc
@@ -17,7 +18,7 @@ import pytest
 import standardwebhooks
 from http_sink import HttpSink
 
-from hooklane.shared.config import HandlerConfig, Secret
+from hooklane.shared.config import ConfigError, HandlerConfig, Secret
 from hooklane.workers.errors import PermanentError, TransientError
 from hooklane.workers.handlers.http import HttpHandler, parse_retry_after
 from hooklane.workers.handlers.log import LogHandler
@@ -175,6 +176,15 @@ def test_http_connection_refused_is_transient_and_the_message_hides_credentials(
     assert "127.0.0.1:9/hook" in str(info.value)
 
 
+@pytest.fixture
+def clean_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variables but the test's own (a machine's lower-case http_proxy would win over them)."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
 def test_http_sends_credentials_in_the_url_as_basic_auth_and_not_in_the_request_line(http_sink):
     url = hook(http_sink).replace("http://", "http://crm%40acme:p%3Ass@")
     http(url)(EVENT)
@@ -185,8 +195,9 @@ def test_http_sends_credentials_in_the_url_as_basic_auth_and_not_in_the_request_
 
 @pytest.mark.parametrize("no_proxy", [None, "127.0.0.1"])
 def test_http_goes_through_the_proxy_the_environment_names_unless_no_proxy_says_otherwise(
-    http_sink: HttpSink, monkeypatch: pytest.MonkeyPatch, no_proxy: str | None,
+    http_sink: HttpSink, clean_proxy_env: pytest.MonkeyPatch, no_proxy: str | None,
 ) -> None:
+    monkeypatch = clean_proxy_env
     # The sink plays the proxy: a proxied plain-HTTP request names the absolute URL in its request line.
     with HttpSink() as crm:
         monkeypatch.setenv("HTTP_PROXY", f"http://proxyuser:proxypass@127.0.0.1:{http_sink.port}")
@@ -199,6 +210,14 @@ def test_http_goes_through_the_proxy_the_environment_names_unless_no_proxy_says_
         (req,) = http_sink.requests
         assert req.path == hook(crm) and not crm.requests
         assert req.headers["proxy-authorization"] == "Basic " + base64.b64encode(b"proxyuser:proxypass").decode()
+
+
+def test_http_a_socks_proxy_in_the_environment_fails_at_start_up_naming_the_handler(
+    clean_proxy_env: pytest.MonkeyPatch,
+) -> None:
+    clean_proxy_env.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
+    with pytest.raises(ConfigError, match=r"handlers\.crm\.url: .*socks5 proxy"):
+        http("http://crm.example.com/hook")
 
 
 class _KeepAliveServer(ThreadingHTTPServer):

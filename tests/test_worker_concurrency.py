@@ -126,6 +126,25 @@ def test_the_http_handler_keeps_a_connection_per_job_in_flight(make_config, redi
     assert pool.pool.maxsize >= 48 and not pool.block
 
 
+def test_hooklane_worker_refuses_a_socks_proxy_for_an_http_handler_with_a_config_error(
+    tmp_path: Path, redis_server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hooklane.operators.cli import main
+
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5h://127.0.0.1:1080")
+    path = tmp_path / "hooklane.toml"
+    path.write_text(f'[redis]\nurl = "{redis_server.url}"\n[[sources]]\nname = "vr"\nprovider = "volumereach"\n'
+                    'insecure = true\n[handlers.crm]\ntype = "http"\nurl = "https://crm.example.com/x"\n'
+                    '[[routes]]\nevents = ["*"]\nhandlers = ["crm"]\n')
+    assert main(["--config", str(path), "worker", "--burst", "--no-scheduler"]) == 2
+    err = capsys.readouterr().err
+    assert "hooklane: config error: handlers.crm.url:" in err and "socks5h proxy" in err
+    assert "Traceback" not in err
+
+
 # --------------------------------------------------------------------------- N in flight, never more
 
 

@@ -84,14 +84,15 @@ def worker(args: argparse.Namespace) -> int:
     from hooklane.workers.main import run
 
     config = load_config(args)
-    if args.concurrency is not None:
-        try:
+    try:
+        if args.concurrency is not None:
             config = with_concurrency(config, args.concurrency)
-        except ConfigError as exc:
-            print(f"hooklane: config error: {exc}", file=sys.stderr)
-            return 2
-    ok = run(config, burst=args.burst, with_scheduler=not args.no_scheduler, name=args.name,
-             metrics_port=args.metrics_port)
+        # Handlers are built at start-up and may refuse what only the environment tells (a socks proxy).
+        ok = run(config, burst=args.burst, with_scheduler=not args.no_scheduler, name=args.name,
+                 metrics_port=args.metrics_port)
+    except ConfigError as exc:
+        print(f"hooklane: config error: {exc}", file=sys.stderr)
+        return 2
     return 0 if ok or args.burst else 1
 
 

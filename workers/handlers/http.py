@@ -95,7 +95,8 @@ def pool_for(url: str, maxsize: int, *, name: str = "") -> urllib3.PoolManager:
     """
     parts = urlsplit(url)
     kw: dict[str, Any] = {"num_pools": 4, "maxsize": maxsize}
-    proxy = urllib.request.getproxies().get(parts.scheme)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")  # ALL_PROXY as the fallback, as requests reads it
     if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
         return urllib3.PoolManager(**kw)
     proxy_url, proxy_auth = split_credentials(proxy if "://" in proxy else f"http://{proxy}")
