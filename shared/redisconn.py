@@ -7,6 +7,7 @@ Sentinel-managed primary (failover follows the primary).
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,6 +16,24 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
+
+
+def _keepalive_options() -> dict[int, int]:
+    # Linux names the idle time TCP_KEEPIDLE, macOS TCP_KEEPALIVE; some platforms tune nothing.
+    names = (("TCP_KEEPIDLE", 30), ("TCP_KEEPALIVE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    options: dict[int, int] = {}
+    for name, value in names:
+        if hasattr(socket, name) and not (name == "TCP_KEEPALIVE" and hasattr(socket, "TCP_KEEPIDLE")):
+            options[getattr(socket, name)] = value
+    return options
+
+
+# A worker waits on its connection without a socket timeout (a blocking dequeue, a job's command during an
+# outage). When Redis vanishes without a FIN or RST (a failed-over host, a partition, a NAT that forgot the
+# flow) nothing but TCP keepalive ends that wait: a silent peer is declared dead after 30 + 3 x 10 s and the
+# command's connection error is retried like any outage (workers/resilience.py). Set here, not left to
+# redis-py's default, which is off before redis-py 8.
+KEEPALIVE: dict[str, Any] = {"socket_keepalive": True, "socket_keepalive_options": _keepalive_options()}
 
 
 class _Blocking(BlockingConnectionPool):
@@ -46,6 +65,8 @@ def connect(url: str, *, socket_timeout: float | None = 5.0, connect_timeout: fl
         return _sentinel(url, socket_timeout, connect_timeout, max_connections)
     options: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout,
                                "health_check_interval": 30}
+    if not url.startswith("unix://"):
+        options.update(KEEPALIVE)
     if max_connections is not None:
         pool = _Blocking.from_url(url, max_connections=max_connections, timeout=30, **options)
         return Redis(connection_pool=pool)
@@ -86,7 +107,7 @@ def _sentinel(url: str, socket_timeout: float | None, connect_timeout: float,
     password = parts.password or (parse_qs(parts.query).get("password") or [None])[0]
     sentinel = Sentinel(hosts, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
     if max_connections is None:
-        return sentinel.master_for(service, db=db, password=password, socket_timeout=socket_timeout)
+        return sentinel.master_for(service, db=db, password=password, socket_timeout=socket_timeout, **KEEPALIVE)
     return sentinel.master_for(service, db=db, password=password, socket_timeout=socket_timeout,
                                connection_pool_class=_BlockingSentinelPool, max_connections=max_connections,
-                               timeout=30)
+                               timeout=30, **KEEPALIVE)
