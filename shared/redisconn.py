@@ -20,12 +20,9 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 
 def _keepalive_options() -> dict[int, int]:
     # Linux names the idle time TCP_KEEPIDLE, macOS TCP_KEEPALIVE; some platforms tune nothing.
-    names = (("TCP_KEEPIDLE", 30), ("TCP_KEEPALIVE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
-    options: dict[int, int] = {}
-    for name, value in names:
-        if hasattr(socket, name) and not (name == "TCP_KEEPALIVE" and hasattr(socket, "TCP_KEEPIDLE")):
-            options[getattr(socket, name)] = value
-    return options
+    idle = getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None))
+    wanted = {idle: 30, getattr(socket, "TCP_KEEPINTVL", None): 10, getattr(socket, "TCP_KEEPCNT", None): 3}
+    return {option: value for option, value in wanted.items() if option is not None}
 
 
 # A worker waits on its connection without a socket timeout (a blocking dequeue, a job's command during an

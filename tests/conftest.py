@@ -142,6 +142,15 @@ def http_sink() -> Iterator[HttpSink]:
 
 
 @pytest.fixture
+def clean_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variables but the test's own (a machine's lower-case http_proxy would win over them)."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@pytest.fixture
 def fake_redis() -> redis.Redis:
     return fakeredis.FakeRedis()
 

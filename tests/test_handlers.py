@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import threading
 import time
 import tracemalloc
@@ -174,15 +173,6 @@ def test_http_connection_refused_is_transient_and_the_message_hides_credentials(
         http("http://user:hunter22@127.0.0.1:9/hook?api_key=sk_live_42")(EVENT)
     assert "hunter22" not in str(info.value) and "sk_live_42" not in str(info.value)
     assert "127.0.0.1:9/hook" in str(info.value)
-
-
-@pytest.fixture
-def clean_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No proxy variables but the test's own (a machine's lower-case http_proxy would win over them)."""
-    for name in list(os.environ):
-        if name.lower().endswith("_proxy"):
-            monkeypatch.delenv(name)
-    return monkeypatch
 
 
 def test_http_sends_credentials_in_the_url_as_basic_auth_and_not_in_the_request_line(http_sink):

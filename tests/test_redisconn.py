@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from hooklane.operators.cli.local_redis import find_redis_server
+from hooklane.operators.cli.local_redis import find_redis_server, redis_server_argv
 from hooklane.shared.redisconn import KEEPALIVE, connect
 
 LINUX_KEEPALIVE = hasattr(socket, "TCP_KEEPIDLE")
@@ -59,8 +59,9 @@ def test_a_unix_socket_url_connects_without_tcp_options(tmp_path: Path) -> None:
     binary = find_redis_server()
     assert binary is not None, "the tests need a redis-server (make test installs one)"
     path = tmp_path / "redis.sock"
-    server = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(path), "--save", "", "--appendonly", "no",
-                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    # Port 0: no TCP listener, the unix socket only.
+    server = subprocess.Popen([*redis_server_argv(binary, 0, tmp_path), "--unixsocket", str(path)],
+                              stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while not path.exists() and time.monotonic() < deadline:

@@ -127,14 +127,11 @@ def test_the_http_handler_keeps_a_connection_per_job_in_flight(make_config, redi
 
 
 def test_hooklane_worker_refuses_a_socks_proxy_for_an_http_handler_with_a_config_error(
-    tmp_path: Path, redis_server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, redis_server, clean_proxy_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     from hooklane.operators.cli import main
 
-    for name in list(os.environ):
-        if name.lower().endswith("_proxy"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("HTTPS_PROXY", "socks5h://127.0.0.1:1080")
+    clean_proxy_env.setenv("HTTPS_PROXY", "socks5h://127.0.0.1:1080")
     path = tmp_path / "hooklane.toml"
     path.write_text(f'[redis]\nurl = "{redis_server.url}"\n[[sources]]\nname = "vr"\nprovider = "volumereach"\n'
                     'insecure = true\n[handlers.crm]\ntype = "http"\nurl = "https://crm.example.com/x"\n'
