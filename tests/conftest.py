@@ -287,8 +287,15 @@ def add_dead_letter(r: redis.Redis, config: Config, *, minutes_ago: float, handl
     return entry_id
 
 
-def parse_log_lines(text: str) -> list[dict[str, Any]]:
-    """Each line of captured stderr as JSON: a line that did not go through the JSON renderer fails the test."""
+def parse_log_lines(text: str, *, still_writing: bool = False) -> list[dict[str, Any]]:
+    """Each line of captured stderr as JSON: a line that did not go through the JSON renderer fails the test.
+
+    `still_writing`: the text was read from a file a live process is appending to. A read can land in the
+    middle of its write (CI once caught half a line), so an unterminated last line is left for the next read
+    instead of failing; once the process has exited every line must be whole.
+    """
+    if still_writing and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
     lines = []
     for raw in text.splitlines():
         if not raw.strip():

@@ -73,7 +73,7 @@ class Ingest:
         time.sleep(0.2)  # the worker writes its line right after the answer
         with self.log.open("rb") as f:
             f.seek(offset)
-            return parse_log_lines(f.read().decode())
+            return parse_log_lines(f.read().decode(), still_writing=True)
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=5)

@@ -87,7 +87,8 @@ class Workers:
         return self.log_paths[proc.pid].read_text(encoding="utf-8", errors="replace")
 
     def lines(self, proc: subprocess.Popen[bytes]) -> list[dict]:
-        return parse_log_lines(self.log_text(proc))
+        running = proc.poll() is None  # asked before the read: a process that has exited wrote whole lines
+        return parse_log_lines(self.log_text(proc), still_writing=running)
 
     def stop_all(self) -> None:
         for proc in self.procs:
