@@ -15,7 +15,12 @@ event loop:
   (head and body together: header trickling counts too) is answered 408 and closed;
 - a body past `[ingest] max_body_bytes` is handed over once the limit is crossed, so the app answers
   its 413 without the worker buffering more; malformed framing is handed over at once, and the app
-  answers 400 with gunicorn's reason.
+  answers 400 with gunicorn's reason;
+- what the connections still sending hold in all is bounded by `[ingest] max_buffered_bytes`: when a
+  read crosses it, the connections that sent nothing for longest are answered 503 with Retry-After and
+  closed until it fits. A crowd of clients each sending most of a large body and stalling costs a
+  bounded amount of memory, not the process, and a large delivery arriving at full speed meanwhile
+  displaces them instead of being refused (a request that arrives whole is always served).
 
 What this does not cover: TLS (terminate it in front of ingest) and HTTP/2. The answer is written
 with the socket blocking for at most the read timeout, which only a client that stops reading a
@@ -121,7 +126,7 @@ class _ChunkedEnd:
 
 class _Conn:
     __slots__ = ("sock", "addr", "listener", "deadline", "buf", "scanned", "head_seen", "req", "body_done",
-                 "body_whole", "lingering", "drained")
+                 "body_whole", "lingering", "drained", "counted")
 
     def __init__(self, sock: socket.socket, addr: Any, listener: socket.socket, deadline: float) -> None:
         self.sock = sock
@@ -138,13 +143,13 @@ class _Conn:
         self.body_whole: Callable[[bytearray], bool] = lambda buf: False
         self.lingering = False
         self.drained = 0
+        self.counted = 0  # len(buf) as last added to the worker's buffered total
 
 
-def _answer_408(seconds: float) -> bytes:
-    body = json.dumps({"status": "refused", "reason": f"request not received within {seconds:g} s"},
-                      separators=(",", ":")).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+def _refusal(status: bytes, reason: str, headers: bytes = b"") -> bytes:
+    body = json.dumps({"status": "refused", "reason": reason}, separators=(",", ":")).encode()
+    return (b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: application/json\r\n%s"
+            b"Content-Length: %d\r\n\r\n%s" % (status, headers, len(body), body))
 
 
 class BufferingWorker(SyncWorker):
@@ -159,7 +164,13 @@ class BufferingWorker(SyncWorker):
         ingest = hl_config.load().ingest
         self.read_timeout = ingest.request_read_timeout_seconds
         self.max_body = ingest.max_body_bytes
-        self.answer_408 = _answer_408(self.read_timeout)
+        self.answer_408 = _refusal(b"408 Request Timeout", f"request not received within {self.read_timeout:g} s")
+        self.answer_503 = _refusal(b"503 Service Unavailable", "ingest is receiving too many requests at once",
+                                   b"Retry-After: %d\r\n" % ingest.retry_after_seconds)
+        self.max_buffered = ingest.max_buffered_bytes
+        self.buffered = 0  # len(buf) summed over the connections still sending
+        # Those holding bytes, by when they last sent some: the first is the first to be shed.
+        self.holding: dict[int, _Conn] = {}
         # Past this, a head is refused by gunicorn's parser: hand it over to be refused.
         self.max_head = (self.cfg.limit_request_line + 4
                          + max(self.cfg.limit_request_fields, 1) * (self.cfg.limit_request_field_size + 2))
@@ -168,6 +179,8 @@ class BufferingWorker(SyncWorker):
         if fd_limit == resource.RLIM_INFINITY:
             fd_limit = self.cfg.worker_connections + 64
         self.max_conns = max(1, min(self.cfg.worker_connections, fd_limit - 64))
+        # What one connection can need before it is certain to be handed over (a chunked body's framing).
+        self.max_conn_bytes = _CHUNKED_OVERHEAD * self.max_body + self.max_head
         self.selector = selectors.DefaultSelector()
         # By accept time, so by deadline: the first entry is always the next to expire.
         self.waiting: dict[int, _Conn] = {}
@@ -260,8 +273,8 @@ class BufferingWorker(SyncWorker):
                     eof = True
                     break
                 conn.buf += data
-                if len(data) < _RECV:
-                    break
+                if len(data) < _RECV or len(conn.buf) > self.max_conn_bytes:
+                    break  # all there is for now, or enough to decide: a fast sender cannot keep this loop
         except BlockingIOError:
             eof = False  # all there is for now
         except OSError:
@@ -276,8 +289,21 @@ class BufferingWorker(SyncWorker):
         if ready:
             self._forget(conn)
             self._respond(conn)
-        elif conn.sock.fileno() not in self.waiting:
-            self.waiting[conn.sock.fileno()] = conn
+            return
+        fd = conn.sock.fileno()
+        if len(conn.buf) != conn.counted:  # it sent something: it goes to the back of the line
+            self._release(conn)
+            if conn.buf:
+                conn.counted = len(conn.buf)
+                self.buffered += conn.counted
+                self.holding[fd] = conn
+        shed_self = False
+        while self.buffered > self.max_buffered and self.holding:
+            victim = next(iter(self.holding.values()))  # at worst this one, when it alone is over
+            self._shed(victim)
+            shed_self = shed_self or victim is conn
+        if not shed_self and fd not in self.waiting:
+            self.waiting[fd] = conn
             self.selector.register(conn.sock, selectors.EVENT_READ, conn)
 
     def _ready(self, conn: _Conn) -> bool:
@@ -318,6 +344,7 @@ class BufferingWorker(SyncWorker):
         return conn.body_done(conn.buf)
 
     def _forget(self, conn: _Conn) -> None:
+        self._release(conn)
         if self.waiting.pop(conn.sock.fileno(), None) is not None:
             self.selector.unregister(conn.sock)
 
@@ -360,7 +387,18 @@ class BufferingWorker(SyncWorker):
                 conn.sock.send(self.answer_408)
         self._linger(conn)
 
+    def _shed(self, conn: _Conn) -> None:
+        held = self.buffered
+        self._forget(conn)
+        logs.clear()  # no line of this connection may carry an earlier request's ids
+        log.warning("request.shed", status=503, buffered_bytes=held, max_buffered_bytes=self.max_buffered,
+                    connection_bytes=len(conn.buf), head_received=conn.req is not None, client_ip=_peer(conn.addr))
+        with contextlib.suppress(OSError):  # gone or not reading: the close below is all that is left
+            conn.sock.send(self.answer_503)
+        self._linger(conn)
+
     def _linger(self, conn: _Conn) -> None:
+        conn.buf = bytearray()  # answered: what it sent is not needed while its last input is dropped
         try:
             conn.sock.shutdown(socket.SHUT_WR)
             conn.sock.setblocking(False)
@@ -388,7 +426,14 @@ class BufferingWorker(SyncWorker):
             self.log.debug("Connection reset while closing")
         self._close(conn)
 
+    def _release(self, conn: _Conn) -> None:
+        if conn.counted:
+            self.buffered -= conn.counted
+            conn.counted = 0
+            del self.holding[conn.sock.fileno()]
+
     def _close(self, conn: _Conn) -> None:
+        self._release(conn)
         fd = conn.sock.fileno()
         if fd >= 0 and (self.waiting.pop(fd, None) is not None or self.lingering.pop(fd, None) is not None):
             self.selector.unregister(conn.sock)

@@ -73,6 +73,10 @@ class IngestConfig:
     # A client must send its whole request (head and body) within this many seconds of connecting, or get
     # 408: a slow client cannot hold ingest (ingest/gunicorn_worker.py). Providers wait 10-20 s for an answer.
     request_read_timeout_seconds: float = 10.0
+    # Request bytes (heads and bodies) one ingest worker process holds for connections still sending. Past
+    # it, the connection whose read crossed it is answered 503 + Retry-After: many clients each sending most
+    # of a large body and then stalling cannot grow ingest until the kernel kills it. At least max_body_bytes.
+    max_buffered_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,11 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
         trusted_proxies=ig.int("trusted_proxies", 0, minimum=0),
         retry_after_seconds=ig.int("retry_after_seconds", 5, minimum=1),
         request_read_timeout_seconds=read_timeout,
+        max_buffered_bytes=ig.int("max_buffered_bytes", IngestConfig.max_buffered_bytes, minimum=1),
     )
+    if ingest.max_buffered_bytes < ingest.max_body_bytes:
+        raise ConfigError(f"{ig.key('max_buffered_bytes')}: must be >= {ig.key('max_body_bytes')} "
+                          f"({ingest.max_body_bytes}), got {ingest.max_buffered_bytes}")
 
     wk = r.table("worker")
     wk.only(*WorkerConfig.__dataclass_fields__)

@@ -55,6 +55,7 @@ def test_defaults_when_tables_are_absent() -> None:
     assert c.ingest.max_body_bytes == 1024 * 1024
     assert c.ingest.trusted_proxies == 0
     assert c.ingest.request_read_timeout_seconds == 10.0
+    assert c.ingest.max_buffered_bytes == 64 * 1024 * 1024
     assert c.sources["vr"].tolerance_seconds == 300
     assert c.sources["vr"].methods == ()
 
@@ -147,6 +148,8 @@ def test_unknown_key_is_refused_by_its_dotted_name(text: str, key: str) -> None:
         ("[ingest]\nrequest_read_timeout_seconds = 0\n", "ingest.request_read_timeout_seconds"),
         ("[ingest]\nrequest_read_timeout_seconds = -1\n", "ingest.request_read_timeout_seconds"),
         ("[ingest]\nrequest_read_timeout_seconds = '10s'\n", "ingest.request_read_timeout_seconds"),
+        ("[ingest]\nmax_buffered_bytes = '64MB'\n", "ingest.max_buffered_bytes"),
+        ("[ingest]\nmax_body_bytes = 2048\nmax_buffered_bytes = 2047\n", "ingest.max_buffered_bytes"),
         ("[redis]\nurl = 6379\n", "redis.url"),
         ("[redis]\nurl = 'http://localhost:6379'\n", "redis.url"),
         ("[redis]\nprefix = 'has space'\n", "redis.prefix"),
