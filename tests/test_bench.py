@@ -2,7 +2,8 @@
 
 Figures are never asserted here (docs/benchmarks.md holds them); what is checked is that each
 in-process variant of bench/ingest-breakdown builds its app against a real Redis and gets the
-answer it expects, so the breakdown cannot quietly measure an app that answers 401 or 500.
+answer it expects, so the breakdown cannot quietly measure an app that answers 401 or 500; and that
+bench/ingest-slow-clients' stall mode really fills the buffer budget it reports on.
 """
 
 from __future__ import annotations
@@ -53,3 +54,17 @@ def test_each_breakdown_variant_answers_as_expected_and_reports_its_cpu(
         assert real_redis.llen("rq:queue:hooklane") > 0, "the ingest variant queued nothing"
     if variant == "lpush":
         assert real_redis.llen("bench:lpush") > 0
+
+
+def test_slow_clients_bench_stall_mode_has_stalled_bodies_shed_past_the_buffer_budget() -> None:
+    # 30 connections holding ~100 KB each against a 1 MiB budget per worker: some must be shed, the rest
+    # held to the deadline, and the probes (each a whole delivery) all served.
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest-slow-clients"), "--trickle", "stall", "--body-kb", "100",
+         "--tricklers", "30", "--max-buffered-mb", "1", "--duration", "1", "--read-timeout", "2"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "x 'HTTP/1.1 503 Service Unavailable'" in out.stdout, out.stdout
+    assert "x 'HTTP/1.1 408 Request Timeout'" in out.stdout, out.stdout
+    assert "peak worker RSS:" in out.stdout, out.stdout
