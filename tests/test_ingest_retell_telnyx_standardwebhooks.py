@@ -16,6 +16,7 @@ from hooklane.ingest.app import create_app
 from hooklane.operators import sending
 from hooklane.shared.config import Config
 from hooklane.shared.envelope import Delivery
+from hooklane.workers.jobs import normalize
 
 NOW = 1_750_000_000
 CONFIG = "[redis]\nurl = \"redis://127.0.0.1:6379/15\"\n" + MORE_SOURCES
@@ -65,3 +66,17 @@ def test_what_the_sdks_raise_on_is_a_401_with_a_reason(source: str, headers: dic
     assert resp.status_code == 401
     assert resp.get_json()["reason"].startswith(reason)
     assert queued(conn) == []
+
+
+@pytest.mark.parametrize("spelling", ["webhook-", "svix-"])
+def test_a_standard_webhooks_message_reaches_the_worker_identified_by_its_signed_id(spelling: str, app: Any) -> None:
+    client, conn = app
+    provider, secret = SIGNING["sw"]
+    first = sending.build_delivery(provider, None, seq=0, run="t", secret=secret, timestamp=NOW, delivery_id="msg_1")
+    # Another message with the same bytes: a different event, though a body hash could not tell them apart.
+    second = sending.build_delivery(provider, None, body=first.body, secret=secret, timestamp=NOW,
+                                    delivery_id="msg_2")
+    for wire in (first, first, second):  # the first message, its retry, the second message
+        sent = {k.lower().replace("webhook-", spelling): v for k, v in wire.headers.items()}
+        assert client.post("/webhooks/sw", data=wire.body, headers=sent).status_code == 200
+    assert [normalize(delivery).id for delivery in queued(conn)] == ["sw:msg_1", "sw:msg_1", "sw:msg_2"]

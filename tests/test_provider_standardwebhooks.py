@@ -28,7 +28,7 @@ from hooklane.shared.config import ConfigError
 from hooklane.shared.envelope import Delivery
 from hooklane.shared.events import Event
 from hooklane.shared.providers import standardwebhooks as sw
-from hooklane.shared.providers.base import SignatureError
+from hooklane.shared.providers.base import SignatureError, sha256_hex
 
 SECRETS = [TEST_ENV["SW_SECRET"].encode(), TEST_ENV["SW_SECRET_OLD"].encode()]
 VECTORS = json.loads((FIXTURES / "standardwebhooks" / "vectors.json").read_text(encoding="utf-8"))
@@ -205,11 +205,11 @@ def test_no_configured_secret_is_refused() -> None:
 # --------------------------------------------------------------------------- pass-through
 
 
-def event(payload: Any, delivery_id: str | None = None) -> Event:
+def event(payload: Any, delivery_id: str | None = None, headers: dict[str, str] | None = None) -> Event:
     body = json.dumps(payload).encode()
     return sw.normalize(json.loads(body), Delivery(id="0" * 32, source="sw", provider="standardwebhooks",
                                                     received_at="2026-01-01T00:00:00.000000Z", body=body,
-                                                    delivery_id=delivery_id))
+                                                    headers=headers or {}, delivery_id=delivery_id))
 
 
 @pytest.mark.parametrize("name", ["call.completed", "recording.ready", "campaign.paused"])
@@ -236,14 +236,32 @@ def test_any_data_passes_through_without_call_fields(data: Any) -> None:
     assert (e.call.id, e.call.phone, e.call.status) == (None, None, None)
 
 
-def test_identity_is_the_body_and_the_webhook_id_is_the_delivery_id() -> None:
+def test_identity_is_the_message_id_so_two_messages_with_the_same_bytes_are_two_events() -> None:
     payload = sw.PROVIDER.samples()["call.completed"]
-    first = event(payload, delivery_id="msg_1")
-    retry = event(copy.deepcopy(payload), delivery_id="msg_1")
-    assert first.id == retry.id and first.delivery_id == "msg_1"
-    other = copy.deepcopy(payload)
-    other["timestamp"] = "2025-05-06T10:00:00Z"
-    assert event(other, delivery_id="msg_2").id != first.id
+    first = event(payload, delivery_id="msg_1", headers={"webhook-id": "msg_1"})
+    retry = event(copy.deepcopy(payload), delivery_id="msg_1", headers={"webhook-id": "msg_1"})
+    assert first.id == retry.id == "sw:msg_1" and first.delivery_id == "msg_1"
+    assert event(payload, delivery_id="msg_2", headers={"webhook-id": "msg_2"}).id == "sw:msg_2"
+
+
+def test_a_svix_spelled_message_is_identified_by_its_svix_id() -> None:
+    assert event({"type": "x"}, headers={"svix-id": "msg_s"}).id == "sw:msg_s"
+    assert event({"type": "x"}, headers={"webhook-id": "msg_w", "svix-id": "msg_s"}).id == "sw:msg_w"
+
+
+def test_without_a_message_id_the_identity_is_the_body() -> None:
+    payload = sw.PROVIDER.samples()["call.completed"]
+    assert event(payload).id == event(copy.deepcopy(payload)).id == f"sw:{sha256_hex(json.dumps(payload).encode())}"
+
+
+def test_the_id_a_request_is_verified_with_is_the_one_it_is_identified_by() -> None:
+    # svix-* signing a message while an unsigned webhook-id rides along: verified with svix-id, the event would
+    # be identified by an id anyone can change, and a replay within the tolerance would fan out again.
+    svix = {k.replace("webhook-", "svix-"): v for k, v in good_headers().items()}
+    verify(BODY, svix)
+    with pytest.raises(SignatureError, match="webhook-signature"):
+        verify(BODY, {**svix, "webhook-id": "msg_chosen_by_anyone"})
+    assert sw.message_id(svix) == svix["svix-id"]
 
 
 def test_event_time_is_the_payload_timestamp() -> None:

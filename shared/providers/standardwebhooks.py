@@ -6,7 +6,7 @@ passes), ``webhook-signature`` (space-separated ``<version>,<base64>``
 entries; any ``v1`` entry that matches passes, which is how a sender rotates
 without downtime; other versions such as ``v1a`` are skipped). Svix's
 ``svix-id``/``svix-timestamp``/``svix-signature`` spelling is accepted when no
-``webhook-signature`` is present.
+``webhook-id`` is present.
 
 Secrets: ``whsec_`` + base64 of the key (the prefix may be left out; missing
 padding is restored); a list for rotation.
@@ -22,7 +22,10 @@ following the spec never produces:
 - the HMAC covers the raw body bytes (the SDK decodes them as UTF-8 first and
   raises UnicodeDecodeError on anything else); ``webhook-id`` must be ASCII;
 - when a request carries both spellings, ``webhook-*`` wins (svix prefers
-  ``svix-*``): it is the spec's name and the delivery id hooklane records.
+  ``svix-*``): it is the spec's name and the delivery id hooklane records. The
+  spelling is chosen by the id header, so the id a request was verified with is
+  the one its event is identified by: a ``webhook-id`` next to ``svix-*``
+  signatures is refused, not an unsigned id that would dodge the dedupe.
 
 Payload: passed through as a generic event. ``type`` (when a string) is the
 provider type; the canonical types pass as themselves, anything else flows on
@@ -30,8 +33,10 @@ as ``standardwebhooks.<type>``, a payload without one as
 ``standardwebhooks.message``. ``timestamp`` is the event time; call fields are
 read from ``data`` under their canonical names (``call_id`` or ``callId``, ``direction``,
 ``phone``, ``status``, ``outcome``, ``duration_seconds``, …) when present.
-Identity: the SHA-256 of the raw body. A sender retries a message with the
-same bytes, so a retry dedupes, while ``webhook-id`` stays the delivery id.
+Identity: the message id (``webhook-id``, else ``svix-id``), which the spec
+makes the idempotency key: the same on every retry of a message, different for
+every message, so two messages with the same bytes are two events. A delivery
+without one (an unsigned source) falls back to the SHA-256 of the raw body.
 """
 
 from __future__ import annotations
@@ -100,10 +105,18 @@ def _signed_content(msg_id: str, timestamp: str, body: bytes) -> bytes:
     return f"{msg_id}.{timestamp}.".encode("ascii") + body
 
 
+def _spelling(headers: Headers) -> str:
+    return "svix-" if headers.get("webhook-id") is None and headers.get("svix-id") is not None else "webhook-"
+
+
+def message_id(headers: Headers) -> str | None:
+    """The id a request is verified with: ``webhook-id``, else ``svix-id``; None without either."""
+    return headers.get(_spelling(headers) + "id")
+
+
 def verify(body: bytes, headers: Headers, secrets: Sequence[bytes], *, tolerance: int = 300,
            now: Clock = time.time) -> None:
-    svix_only = headers.get("webhook-signature") is None and headers.get("svix-signature") is not None
-    prefix = "svix-" if svix_only else "webhook-"
+    prefix = _spelling(headers)
     signatures = _v1_signatures(require_header(headers, prefix + "signature"))
     msg_id = require_header(headers, prefix + "id")
     if not msg_id.isascii() or not msg_id.isprintable():
@@ -185,7 +198,7 @@ def normalize(payload: Any, delivery: Delivery) -> Event:
     )
     return build_event(
         delivery=delivery,
-        identity=identity_of(delivery.body),
+        identity=identity_of(delivery.body, message_id(delivery.headers)),
         provider_type=provider_type,
         event_type=canonical_type(NAME, provider_type, EVENT_TYPES),
         occurred_at=to_iso(payload.get("timestamp")),
@@ -201,7 +214,7 @@ def _text(value: Any) -> str | None:
 
 PROVIDER = Provider(
     name=NAME,
-    forward_headers=(ID_HEADER,),
+    forward_headers=(ID_HEADER, "svix-id"),
     delivery_id_header=ID_HEADER,
     signs_delivery_id=True,
     event_types=EVENT_TYPES,
