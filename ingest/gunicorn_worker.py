@@ -161,6 +161,11 @@ class BufferingWorker(SyncWorker):
             raise RuntimeError("ingest's worker does not terminate TLS: terminate it in front of ingest")
 
     def init_process(self) -> None:
+        # Here, in the worker, not at import: the master imports this module before gunicorn.conf.py has set
+        # PROMETHEUS_MULTIPROC_DIR, and prometheus_client picks its storage when it is first imported.
+        from hooklane.ingest import http_metrics
+
+        self.refused = http_metrics.CONNECTIONS_REFUSED
         ingest = hl_config.load().ingest
         self.read_timeout = ingest.request_read_timeout_seconds
         self.max_body = ingest.max_body_bytes
@@ -383,6 +388,7 @@ class BufferingWorker(SyncWorker):
             log.warning("request.timeout", status=408, head_received=conn.req is not None,
                         body_bytes=len(conn.buf) if conn.req is not None else 0,
                         seconds=self.read_timeout, client_ip=_peer(conn.addr))
+            self.refused.labels("408").inc()
             with contextlib.suppress(OSError):  # gone or not reading: the close below is all that is left
                 conn.sock.send(self.answer_408)
         self._linger(conn)
@@ -393,6 +399,7 @@ class BufferingWorker(SyncWorker):
         logs.clear()  # no line of this connection may carry an earlier request's ids
         log.warning("request.shed", status=503, buffered_bytes=held, max_buffered_bytes=self.max_buffered,
                     connection_bytes=len(conn.buf), head_received=conn.req is not None, client_ip=_peer(conn.addr))
+        self.refused.labels("503").inc()
         with contextlib.suppress(OSError):  # gone or not reading: the close below is all that is left
             conn.sock.send(self.answer_503)
         self._linger(conn)

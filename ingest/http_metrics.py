@@ -22,6 +22,10 @@ DELIVERIES = Counter("hooklane_ingest_deliveries_total", "Deliveries answered, b
                      ["source", "status"])
 VERIFICATION_FAILURES = Counter("hooklane_ingest_verification_failures_total",
                                 "Deliveries refused by authentication, by source and reason", ["source", "reason"])
+# Answered by the gunicorn worker before the app saw a request (ingest/gunicorn_worker.py): 408, its request
+# not received in time; 503, shed past [ingest] max_buffered_bytes. No source label: the head may be incomplete.
+CONNECTIONS_REFUSED = Counter("hooklane_ingest_connections_refused_total",
+                              "Connections answered before their request was whole, by HTTP status", ["status"])
 BODY_BYTES = Histogram("hooklane_ingest_body_bytes", "Size of accepted bodies", ["source"],
                        buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576))
 LATENCY = Histogram("hooklane_ingest_latency_seconds", "Time from request start to enqueued, accepted deliveries",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -363,6 +364,15 @@ def test_a_valid_chunked_body_is_complete_at_its_last_byte_and_not_before(body: 
     assert end.found
 
 
+def refused_counts(server: Ingest) -> dict[str, float]:
+    """hooklane_ingest_connections_refused_total by status, summed over the workers by /metrics."""
+    status, answer = exchange(server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200
+    found = dict(re.findall(r'^hooklane_ingest_connections_refused_total\{status="(\d+)"\} (\S+)$',
+                            answer["raw"], re.M))
+    return {code: float(found.get(code, 0)) for code in ("408", "503")}
+
+
 # A request that has sent all but 96 bytes of its body and stalls.
 STALLED = (b"POST /webhooks/vr HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % MAX_BODY
            + b"x" * (MAX_BODY - 96))
@@ -376,7 +386,7 @@ def test_stalled_bodies_past_the_buffer_budget_get_503_and_complete_deliveries_a
     # read deadline. A second round gets the same: what the first round held was given back.
     count, held_per_worker = 16, MAX_BUFFERED // (MAX_BODY - 96)
     for _ in range(2):
-        offset = ingest.log_offset()
+        offset, before = ingest.log_offset(), refused_counts(ingest)
         socks = [ingest.connect() for _ in range(count)]
         try:
             for sock in socks:
@@ -397,6 +407,8 @@ def test_stalled_bodies_past_the_buffer_budget_get_503_and_complete_deliveries_a
         assert all(b"\r\nRetry-After: 5\r\n" in head for head, _ in shed), shed
         lines = [ln for ln in ingest.lines_since(offset) if ln["event"] == "request.shed"]
         assert len(lines) == len(shed)
+        after = refused_counts(ingest)
+        assert {k: after[k] - before[k] for k in after} == {"408": count - len(shed), "503": len(shed)}
         assert all(ln["level"] == "warning" and ln["status"] == 503 and ln["buffered_bytes"] > MAX_BUFFERED
                    for ln in lines), lines
 

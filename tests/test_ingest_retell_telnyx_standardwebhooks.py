@@ -79,4 +79,6 @@ def test_a_standard_webhooks_message_reaches_the_worker_identified_by_its_signed
     for wire in (first, first, second):  # the first message, its retry, the second message
         sent = {k.lower().replace("webhook-", spelling): v for k, v in wire.headers.items()}
         assert client.post("/webhooks/sw", data=wire.body, headers=sent).status_code == 200
-    assert [normalize(delivery).id for delivery in queued(conn)] == ["sw:msg_1", "sw:msg_1", "sw:msg_2"]
+    deliveries = queued(conn)
+    assert [delivery.delivery_id for delivery in deliveries] == ["msg_1", "msg_1", "msg_2"]
+    assert [normalize(delivery).id for delivery in deliveries] == ["sw:msg_1", "sw:msg_1", "sw:msg_2"]

@@ -133,6 +133,8 @@ class Provider:
     # Lower-case request headers the workers need (kept in the envelope).
     forward_headers: tuple[str, ...] = ()
     delivery_id_header: str | None = None
+    # For a provider whose delivery id can come in more than one header: reads it (else delivery_id_header).
+    delivery_id_of: Callable[[Headers], str | None] | None = None
     # sign() takes `delivery_id=` and signs it: the id header is part of the signed content.
     signs_delivery_id: bool = False
     # Raises ValueError (a reason, never the value) for a configured secret that can never verify.

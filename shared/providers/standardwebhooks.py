@@ -216,6 +216,7 @@ PROVIDER = Provider(
     name=NAME,
     forward_headers=(ID_HEADER, "svix-id"),
     delivery_id_header=ID_HEADER,
+    delivery_id_of=message_id,
     signs_delivery_id=True,
     event_types=EVENT_TYPES,
     normalize=normalize,
