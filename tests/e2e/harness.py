@@ -183,10 +183,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, explain: C
 
 def predicted(source: str, wire: sending.WireDelivery, received_at: str = "2026-01-01T00:00:00.000000Z",
               delivery_id: str | None = None) -> dict[str, Any]:
-    """The canonical event the provider's normalizer makes of exactly these bytes."""
+    """The canonical event the provider's normalizer makes of exactly these bytes and the headers ingest keeps."""
     provider = PROVIDERS[source_provider(source)]
+    headers = {k.lower(): v for k, v in wire.headers.items()}
+    kept = {k: headers[k] for k in provider.forward_headers if k in headers}
     delivery = Delivery(id="e2e", source=source, provider=provider.name, received_at=received_at, body=wire.body,
-                        delivery_id=delivery_id)
+                        headers=kept, delivery_id=delivery_id)
     return provider.normalize_payload(payload_of(source, wire), delivery).to_dict()
 
 
