@@ -14,6 +14,7 @@ from e2e.harness import Pipeline
 
 from faults import hostile
 from faults.ledger import Ledger, SteadySender, account, latency_summary, sink_arrivals
+from hooklane.operators import sending
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -141,3 +142,84 @@ def test_slow_clients_cannot_hold_ingest_deliveries_and_healthz_answer_fast(
         # The median, not each sample: a machine shared with other work may stall any one request.
         assert summary["p50_ms"] < 100, f"{what} while slow clients trickle: {summary}"
     assert all(status in (400, 408) for status, _ in ended), f"slow clients' answers (status, after s): {ended}"
+
+
+class Stallers:
+    """Keeps `count` connections each holding most of a large body and stalling, reopening answered ones."""
+
+    def __init__(self, port: int, path: str, content_length: int, sent: int, count: int) -> None:
+        self.port, self.count = port, count
+        self.request = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {content_length}\r\n\r\n").encode() + b" " * sent
+        self.answers: dict[int | None, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stallers", daemon=True)
+
+    def __enter__(self) -> Stallers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _open(self) -> socket.socket | None:
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            sock.sendall(self.request)
+        except OSError:  # shed while sending: counted when its answer is read
+            return None
+        sock.setblocking(False)
+        return sock
+
+    def _run(self) -> None:
+        socks = [s for s in (self._open() for _ in range(self.count)) if s is not None]
+        while not self._stop.wait(0.05):
+            for sock in list(socks):
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue  # held: still stalling
+                except OSError:
+                    data = b""
+                status = hostile.parse_status(data)
+                self.answers[status] = self.answers.get(status, 0) + 1
+                sock.close()
+                socks.remove(sock)
+            while len(socks) < self.count and not self._stop.is_set():
+                sock = self._open()
+                if sock is None:
+                    self.answers[None] = self.answers.get(None, 0) + 1
+                    continue
+                socks.append(sock)
+        for sock in socks:
+            sock.close()
+
+
+def test_stalled_large_bodies_are_shed_past_the_buffer_budget_and_every_accepted_delivery_arrives(
+        aof_redis: RedisServer, make_pipeline: Callable[..., Pipeline], figures: Callable[..., None]) -> None:
+    # 64 KiB bodies, 256 KiB of them held per ingest worker: 24 connections each holding 60 KB and stalling
+    # (reopened as soon as one is answered) keep both budgets full for the whole run, beside small deliveries
+    # and large ones (48 KB) that must all be accepted, if need be after a 503 and a retry, as a provider does.
+    max_body, budget = 65536, 262144
+    p = make_pipeline(aof_redis, ingest_workers=INGEST_WORKERS,
+                      ingest={"retry_after_seconds": 1, "max_body_bytes": max_body, "max_buffered_bytes": budget})
+    port = int(p.base_url.rsplit(":", 1)[1])
+    ledger = Ledger(p)
+    large: list[int] = []
+    with Stallers(port, "/webhooks/volumereach", max_body, 60000, count=24) as stallers, \
+            SteadySender(ledger, interval=0.1):
+        time.sleep(1)  # the budgets full
+        for seq in range(10):
+            payload = sending.sample_payload("volumereach", "call.completed", seq=10_000 + seq, run=ledger.run)
+            payload["data"]["transcript"] = "Agent: hello. " * 3500  # ~48 KB: more than one read
+            item = ledger.send(ledger.new(payload=payload), within=30)
+            large.append(item.attempts[-1][1] if item.attempts else 0)
+            time.sleep(0.3)
+    result = account(ledger)
+    figures(stalled_connections=24, stalled_answers={str(k): v for k, v in stallers.answers.items()},
+            large_deliveries=len(large), large_first_answers=[str(i.attempts[0][1]) for i in ledger.items
+                                                              if len(i.wire.body) > 40_000],
+            **result.figures())
+    assert stallers.answers.get(503, 0) > 0, f"no stalled connection was shed: {stallers.answers}"
+    assert large == [200] * 10, f"large deliveries' last answers: {large}"
