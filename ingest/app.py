@@ -201,10 +201,10 @@ def create_app(
         ip = client_ip(remote_addr, headers.get("x-forwarded-for"), config.ingest.trusted_proxies)
         args = request.args
         token = path_token if path_token is not None else args.get("token")
-        if provider.delivery_id_of is not None:
-            delivery_id = provider.delivery_id_of(headers)
-        else:
-            delivery_id = headers.get(src.delivery_id_header) if src.delivery_id_header else None
+        delivery_id = None
+        for id_header in src.delivery_id_headers:
+            if (delivery_id := headers.get(id_header)) is not None:
+                break
         logs.bind(source=src.name, provider=provider.name)
         try:
             authenticate(src, provider, body=body, headers=headers, token=token, ip=ip, now=clock,

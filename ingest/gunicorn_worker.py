@@ -334,7 +334,7 @@ class BufferingWorker(SyncWorker):
                 conn.body_done = lambda buf: length > limit or len(buf) >= length
             elif isinstance(reader, ChunkedReader):
                 end = _ChunkedEnd(self.max_body)
-                cap = _CHUNKED_OVERHEAD * self.max_body + self.max_head
+                cap = self.max_conn_bytes
                 conn.body_whole = lambda buf: end.found
                 conn.body_done = lambda buf: end.ready(buf) or len(buf) > cap
             else:  # gunicorn frames every request body by length or chunks; anything else, the app decides

@@ -137,8 +137,9 @@ def wire_headers(
 
 
 def delivery_id_header(provider: str | Provider, options: Any = None) -> str | None:
-    """The header a source of `provider` with these options takes its delivery id from."""
-    return get_provider(provider).source_headers(options)[0]
+    """The header a source of `provider` with these options takes its delivery id from (and `send` signs)."""
+    id_headers = get_provider(provider).source_headers(options)[0]
+    return id_headers[0] if id_headers else None
 
 
 def _options(p: Provider, options: Any) -> Any:

@@ -74,7 +74,7 @@ class IngestConfig:
     # 408: a slow client cannot hold ingest (ingest/gunicorn_worker.py). Providers wait 10-20 s for an answer.
     request_read_timeout_seconds: float = 10.0
     # Request bytes (heads and bodies) one ingest worker process holds for connections still sending. Past
-    # it, the connection whose read crossed it is answered 503 + Retry-After: many clients each sending most
+    # it, those that sent nothing for longest are answered 503 + Retry-After: many clients each sending most
     # of a large body and then stalling cannot grow ingest until the kernel kills it. At least max_body_bytes.
     max_buffered_bytes: int = 64 * 1024 * 1024
 
@@ -120,8 +120,9 @@ class SourceConfig:
     methods: tuple[str, ...] = ()  # empty = every method the provider may use
     # The provider's own settings (its `option_keys`), parsed by its `options`; None for providers without.
     options: Any = None
-    # Filled at load from the provider and its options: the delivery id header, the headers kept for the workers.
-    delivery_id_header: str | None = None
+    # Filled at load from the provider and its options: the headers carrying the delivery id (the first present
+    # wins), the headers kept for the workers.
+    delivery_id_headers: tuple[str, ...] = ()
     forward_headers: tuple[str, ...] = ()
 
 
@@ -353,7 +354,7 @@ def _source(s: _Reader) -> SourceConfig:
             options = provider.options(s.data)
         except OptionError as exc:
             raise ConfigError(f"{s.key(exc.key)}: {exc.message}") from None
-    delivery_id_header, forward_headers = provider.source_headers(options)
+    delivery_id_headers, forward_headers = provider.source_headers(options)
     secrets = tuple(s.secret_list("secrets"))
     tokens = tuple(s.secret_list("token"))
     allow_ips = []
@@ -395,7 +396,7 @@ def _source(s: _Reader) -> SourceConfig:
         insecure=insecure,
         methods=methods,
         options=options,
-        delivery_id_header=delivery_id_header,
+        delivery_id_headers=delivery_id_headers,
         forward_headers=forward_headers,
     )
 

@@ -133,8 +133,8 @@ class Provider:
     # Lower-case request headers the workers need (kept in the envelope).
     forward_headers: tuple[str, ...] = ()
     delivery_id_header: str | None = None
-    # For a provider whose delivery id can come in more than one header: reads it (else delivery_id_header).
-    delivery_id_of: Callable[[Headers], str | None] | None = None
+    # Other spellings of delivery_id_header, read in this order when it is absent (Svix's svix-id).
+    delivery_id_other_headers: tuple[str, ...] = ()
     # sign() takes `delivery_id=` and signs it: the id header is part of the signed content.
     signs_delivery_id: bool = False
     # Raises ValueError (a reason, never the value) for a configured secret that can never verify.
@@ -183,11 +183,13 @@ class Provider:
             return self.normalize(payload, delivery, options=options)  # None: the provider's defaults
         return self.normalize(payload, delivery)
 
-    def source_headers(self, options: Any) -> tuple[str | None, tuple[str, ...]]:
-        """(delivery id header, headers kept for the workers) of a source with these options."""
+    def source_headers(self, options: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(headers carrying the delivery id, the first present wins; headers kept for the workers) of a source
+        with these options."""
         id_header = getattr(options, "delivery_id_header", None) or self.delivery_id_header
+        id_headers = (id_header, *self.delivery_id_other_headers) if id_header else ()
         forward = (*self.forward_headers, *getattr(options, "forward_headers", ()))
-        return id_header, tuple(dict.fromkeys(forward))
+        return id_headers, tuple(dict.fromkeys(forward))
 
     def default_options(self) -> Any:
         """The options of a source that sets none of this provider's keys (OptionError if some are required)."""
